@@ -1,0 +1,211 @@
+"""The model contract: one schema for ``model_store/<name>/<version>/manifest.json``.
+
+Training writes it at export time and the service reads it at load time, so both sides
+import this module (it depends on pydantic and numpy only, never on torch).
+
+It also fixes how a seed becomes a latent vector, because "the image for seed 7" must
+mean the same thing in the trainer's sample grids, in the service, and in clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "generator.onnx"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+# Input/output names of every exported generator.
+LATENT_INPUT = "z"
+LABEL_INPUT = "label"
+IMAGE_OUTPUT = "image"
+
+MAX_SEED = 2**63 - 1
+
+
+class TensorSpec(BaseModel):
+    """Name, dtype and shape of one graph input or output; -1 marks the dynamic batch axis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    dtype: Literal["float32", "int64", "uint8"]
+    shape: list[int]
+
+
+class LatentSpec(BaseModel):
+    """How latent vectors are drawn. Seeds map to latents through :func:`latent_from_seed`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    distribution: Literal["standard_normal"] = "standard_normal"
+    generator: Literal["numpy.PCG64"] = "numpy.PCG64"
+    dtype: Literal["float32"] = "float32"
+
+
+class ArtifactSpec(BaseModel):
+    """The ONNX file beside the manifest and its checksum, checked before every load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = ONNX_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    opset: int | None = None
+
+
+class Manifest(BaseModel):
+    """Everything the service needs to serve a generator, and what a user wants to know of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    created_at: datetime
+    description: str = ""
+    nz: int = Field(ge=1, le=4096)
+    image_size: int = Field(ge=4, le=4096)
+    channels: Literal[1, 3]
+    num_classes: int = Field(default=0, ge=0, description="0 for an unconditional generator")
+    class_names: list[str] = Field(default_factory=list)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    latent: LatentSpec = Field(default_factory=LatentSpec)
+    artifact: ArtifactSpec
+    training: dict[str, Any] = Field(default_factory=dict)
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @field_validator("image_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"image_size must be a power of two, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} entries but num_classes is "
+                f"{self.num_classes}"
+            )
+        expected_in = expected_inputs(self.nz, self.num_classes)
+        if self.inputs != expected_in:
+            raise ValueError(f"inputs must be {[s.model_dump() for s in expected_in]}")
+        expected_out = expected_outputs(self.image_size, self.channels)
+        if self.outputs != expected_out:
+            raise ValueError(f"outputs must be {[s.model_dump() for s in expected_out]}")
+        return self
+
+    # --- reading and writing -------------------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Manifest:
+        path = Path(directory) / MANIFEST_FILE
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / MANIFEST_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+    def onnx_path(self, directory: str | Path) -> Path:
+        return Path(directory) / self.artifact.file
+
+    def verify_artifact(self, directory: str | Path) -> None:
+        """Raise :class:`ArtifactMismatch` unless the ONNX file's sha256 matches the manifest."""
+        path = self.onnx_path(directory)
+        if not path.is_file():
+            raise ArtifactMismatch(f"{path} is missing")
+        actual = sha256_file(path)
+        if actual != self.artifact.sha256:
+            raise ArtifactMismatch(
+                f"{path} has sha256 {actual}, but the manifest expects {self.artifact.sha256}"
+            )
+
+
+class ArtifactMismatch(ValueError):
+    """The ONNX file beside a manifest is missing or is not the one the manifest describes."""
+
+
+def expected_inputs(nz: int, num_classes: int) -> list[TensorSpec]:
+    specs = [TensorSpec(name=LATENT_INPUT, dtype="float32", shape=[-1, nz])]
+    if num_classes > 0:
+        specs.append(TensorSpec(name=LABEL_INPUT, dtype="int64", shape=[-1]))
+    return specs
+
+
+def expected_outputs(image_size: int, channels: int) -> list[TensorSpec]:
+    return [
+        TensorSpec(name=IMAGE_OUTPUT, dtype="uint8", shape=[-1, image_size, image_size, channels])
+    ]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+# --- model store layout ------------------------------------------------------------------
+
+
+def version_dirs(model_dir: str | Path) -> dict[int, Path]:
+    """Map version number to directory for ``model_store/<name>/<int>/`` holding a manifest."""
+    found: dict[int, Path] = {}
+    root = Path(model_dir)
+    if not root.is_dir():
+        return found
+    for child in root.iterdir():
+        if child.is_dir() and re.fullmatch(r"[1-9][0-9]*", child.name):
+            if (child / MANIFEST_FILE).is_file():
+                found[int(child.name)] = child
+    return dict(sorted(found.items()))
+
+
+def next_version(model_dir: str | Path) -> int:
+    existing = version_dirs(model_dir)
+    return max(existing, default=0) + 1
+
+
+# --- seeds and latents -------------------------------------------------------------------
+
+
+def latent_from_seed(seed: int, nz: int) -> np.ndarray:
+    """The documented seed-to-latent map: ``numpy.random.Generator(PCG64(seed))``,
+    ``standard_normal(nz, dtype=float32)``. A seed's latent never depends on its neighbours."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return rng.standard_normal(nz, dtype=np.float32)
+
+
+def latents_from_seeds(seeds: list[int] | np.ndarray, nz: int) -> np.ndarray:
+    """Stack :func:`latent_from_seed` for each seed into a float32 array of shape [n, nz]."""
+    out = np.empty((len(seeds), nz), dtype=np.float32)
+    for i, seed in enumerate(seeds):
+        out[i] = latent_from_seed(int(seed), nz)
+    return out
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str)
