@@ -1,0 +1,1 @@
+"""Helpers shared by every test area: a tiny ONNX generator and a real service process."""
