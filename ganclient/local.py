@@ -1,0 +1,105 @@
+"""Run an exported generator in-process with onnxruntime, with the same API as the HTTP
+clients, so sampling and datasets work without a running service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ganclient.client import ModelInfo, plan_labels, plan_seeds, to_pil
+from service.manifest import (
+    IMAGE_OUTPUT,
+    LABEL_INPUT,
+    LATENT_INPUT,
+    Manifest,
+    latents_from_seeds,
+    version_dirs,
+)
+
+
+def resolve_model_dir(path: str | Path, model: str | None = None) -> Path:
+    """Accept a version dir (has manifest.json), a model dir (highest version wins), or a
+    store root plus a model name."""
+    root = Path(path)
+    if model is not None and (root / model).is_dir():
+        root = root / model
+    if (root / "manifest.json").is_file():
+        return root
+    versions = version_dirs(root)
+    if not versions:
+        raise FileNotFoundError(f"no model version with a manifest.json under {root}")
+    return versions[max(versions)]
+
+
+class LocalGenerator:
+    """A generator loaded from ``model_store/<name>/<version>/`` (checksum verified)."""
+
+    def __init__(self, path: str | Path, model: str | None = None, chunk_size: int = 256):
+        import onnxruntime as ort
+
+        self.directory = resolve_model_dir(path, model)
+        self.manifest = Manifest.load(self.directory)
+        self.manifest.verify_artifact(self.directory)
+        self.chunk_size = chunk_size
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            str(self.manifest.onnx_path(self.directory)),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+        )
+
+    def __enter__(self) -> LocalGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release beyond the session; kept for parity with the HTTP clients."""
+
+    def info(self) -> ModelInfo:
+        m = self.manifest
+        return ModelInfo(
+            name=m.name,
+            version=str(m.version),
+            nz=m.nz,
+            image_size=m.image_size,
+            channels=m.channels,
+            num_classes=m.num_classes,
+            class_names=list(m.class_names),
+        )
+
+    def generate_latents(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        parts = []
+        for start in range(0, len(z), self.chunk_size):
+            feed: dict[str, np.ndarray] = {
+                LATENT_INPUT: np.ascontiguousarray(z[start : start + self.chunk_size], np.float32)
+            }
+            if self.manifest.conditional:
+                if labels is None:
+                    raise ValueError("conditional model needs labels")
+                feed[LABEL_INPUT] = np.ascontiguousarray(
+                    labels[start : start + self.chunk_size], np.int64
+                )
+            (images,) = self._session.run([IMAGE_OUTPUT], feed)
+            parts.append(images)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def generate_seeds(self, seeds: Sequence[int], labels: np.ndarray | None = None) -> np.ndarray:
+        return self.generate_latents(latents_from_seeds(list(seeds), self.manifest.nz), labels)
+
+    def generate(
+        self,
+        n: int,
+        labels: int | Sequence[int] | np.ndarray | None = None,
+        seed: int | None = None,
+        *,
+        pil: bool = False,
+    ) -> np.ndarray | list[Any]:
+        label_arr = plan_labels(n, labels, self.info())
+        images = self.generate_seeds(plan_seeds(n, seed), label_arr)
+        return to_pil(images) if pil else images
