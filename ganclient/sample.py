@@ -30,6 +30,10 @@ LAYOUTS = ("imagefolder", "webdataset", "npz")
 RUN_FILE = ".gan-sample.json"
 
 
+class SampleConflict(ValueError):
+    """The output already holds a run with other arguments; mixing them would corrupt it."""
+
+
 @dataclass(frozen=True)
 class SamplePlan:
     """Which seed and label each of the n images gets; also the identity of a run."""
@@ -91,7 +95,7 @@ def check_run(directory: Path, plan: SamplePlan) -> None:
     if record.is_file():
         found = json.loads(record.read_text())
         if found != wanted:
-            raise SystemExit(
+            raise SampleConflict(
                 f"{directory} holds a different sample run ({found}); "
                 "use another --out or delete it"
             )
@@ -197,7 +201,7 @@ def write_npz(
     if out.is_file():
         with np.load(out) as existing:
             if json.loads(str(existing["plan"])) != asdict(plan):
-                raise SystemExit(f"{out} holds a different sample run; use another --out")
+                raise SampleConflict(f"{out} holds a different sample run; use another --out")
         return SampleReport(written=0, skipped=plan.n, out=out)
     parts_dir = out.with_name(out.name + ".parts")
     check_run(parts_dir, plan)
