@@ -101,7 +101,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image [N, C, S, S] (+ label [N]) -> one logit per image [N] (no sigmoid: use BCE with logits)."""
+    """image [N, C, S, S] (+ label [N]) -> one logit per image [N]; no sigmoid (BCE with logits)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
