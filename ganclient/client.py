@@ -83,17 +83,21 @@ class ModelInfo:
 # --- request planning shared by both clients -----------------------------------------------
 
 
-def plan_labels(n: int, labels: int | Sequence[int] | np.ndarray | None, info: ModelInfo):
-    """Resolve the ``labels`` argument to an int64 array of length n (None: unconditional).
+def plan_labels(
+    seeds: np.ndarray, labels: int | Sequence[int] | np.ndarray | None, info: ModelInfo
+) -> np.ndarray | None:
+    """Resolve the ``labels`` argument to an int64 array, one per seed (None: unconditional).
 
-    An int means every image gets that class; None on a conditional model cycles through
-    the classes (0, 1, ..., K-1, 0, ...) so a batch is balanced."""
+    An int means every image gets that class; None on a conditional model gives seed s the
+    class ``s mod num_classes``, as the service's own endpoints do, so consecutive seeds
+    cycle through every class."""
+    n = len(seeds)
     if not info.conditional:
         if labels is not None:
             raise ValueError(f"model {info.name!r} is unconditional; do not pass labels")
         return None
     if labels is None:
-        out = np.arange(n, dtype=np.int64) % info.num_classes
+        out = (np.asarray(seeds, dtype=np.uint64) % info.num_classes).astype(np.int64)
     elif np.isscalar(labels):
         out = np.full(n, int(labels), dtype=np.int64)
     else:
@@ -167,6 +171,8 @@ def error_message(response: httpx.Response) -> str:
         for key in ("error", "detail", "message"):
             if key in body:
                 value = body[key]
+                if isinstance(value, dict) and isinstance(value.get("message"), str):
+                    return value["message"]  # the service's {"error": {"code", "message"}}
                 return value if isinstance(value, str) else json.dumps(value)
     return json.dumps(body)
 
@@ -324,8 +330,8 @@ class GanClient(_Base):
     ) -> np.ndarray | list[Any]:
         """n images; image i comes from seed ``seed + i`` (see :func:`plan_labels` for labels)."""
         info = self.info()
-        label_arr = plan_labels(n, labels, info)
-        images = self.generate_seeds(plan_seeds(n, seed), label_arr)
+        seeds = plan_seeds(n, seed)
+        images = self.generate_seeds(seeds, plan_labels(seeds, labels, info))
         return to_pil(images) if pil else images
 
 
@@ -422,6 +428,6 @@ class AsyncGanClient(_Base):
         pil: bool = False,
     ) -> np.ndarray | list[Any]:
         info = await self.info()
-        label_arr = plan_labels(n, labels, info)
-        images = await self.generate_seeds(plan_seeds(n, seed), label_arr)
+        seeds = plan_seeds(n, seed)
+        images = await self.generate_seeds(seeds, plan_labels(seeds, labels, info))
         return to_pil(images) if pil else images

@@ -100,6 +100,6 @@ class LocalGenerator:
         *,
         pil: bool = False,
     ) -> np.ndarray | list[Any]:
-        label_arr = plan_labels(n, labels, self.info())
-        images = self.generate_seeds(plan_seeds(n, seed), label_arr)
+        seeds = plan_seeds(n, seed)
+        images = self.generate_seeds(seeds, plan_labels(seeds, labels, self.info()))
         return to_pil(images) if pil else images
