@@ -24,8 +24,8 @@ def _fallback_npy(images: np.ndarray) -> bytes:
 
 
 try:  # the service's encoders, when they have landed
-    from service.encode import encode_npy as _service_npy  # type: ignore[attr-defined]
-    from service.encode import encode_png as _service_png  # type: ignore[attr-defined]
+    from service.encode import npy_bytes as _service_npy
+    from service.encode import png_bytes as _service_png
 except ImportError:  # pragma: no cover - depends on the service version
     _service_png = None
     _service_npy = None

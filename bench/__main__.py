@@ -1,0 +1,78 @@
+"""``python -m bench [--quick] [--model NAME|DIR ...] [--out DIR]``: run the whole bench."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.models import DEFAULT_MODELS, REPO_ROOT, resolve_model
+from bench.procs import cpu_layout
+from bench.report import analyse, write_outputs
+from bench.run import QUICK_PLAN, SYSTEMS, Context, Plan, asdict_plan, bench_model, machine_facts
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
+    parser.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        help=f"model to bench, repeatable: {', '.join(DEFAULT_MODELS)} or a <name>/<version> "
+        "directory (default: both; --quick: the first)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory")
+    parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "bench", help="scratch")
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="subset of " + ",".join(SYSTEMS)
+    )
+    parser.add_argument("--server-cpus", help="cores for the servers and the ceiling (default: 0)")
+    parser.add_argument("--client-cpus", help="cores for the load generators (default: the rest)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime threads (0: server cores)"
+    )
+    parser.add_argument("--seconds", type=float, help="seconds per load run")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK_PLAN if args.quick else Plan()
+    if args.seconds:
+        plan = Plan(**{**asdict_plan(plan), "seconds": args.seconds})
+    server_cpus, client_cpus = cpu_layout(args.server_cpus, args.client_cpus)
+    threads = args.threads or len(server_cpus.split(","))
+    systems = tuple(s for s in args.systems.split(",") if s)
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        raise SystemExit(f"unknown systems: {', '.join(sorted(unknown))}")
+    # The load generators (wrk, and the open-loop client in this process) use the client cores.
+    os.sched_setaffinity(0, {int(c) for c in client_cpus.split(",")})
+    ctx = Context(args.work, server_cpus, client_cpus, threads, systems)
+    specs = args.models or (list(DEFAULT_MODELS[:1]) if args.quick else list(DEFAULT_MODELS))
+    started = time.monotonic()
+    meta = machine_facts(ctx)
+    meta["started"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    meta["command"] = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    meta["plan"] = asdict_plan(plan)
+    result = {"meta": meta, "models": {}}
+    for spec in specs:
+        model = resolve_model(spec, args.work)
+        entry = bench_model(model, plan, ctx)
+        entry["analysis"] = analyse(entry)
+        result["models"][model.name] = entry
+    meta["seconds"] = time.monotonic() - started
+    meta["loadavg_end"] = list(os.getloadavg())
+    paths = write_outputs(result, args.out)
+    print(paths["md"].read_text(encoding="utf-8"))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""One bench run: for each model, the ceiling, then every server under the same load, then
+ratios, targets and the report files. Every step is bounded in time."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import Workload, run_open_loop, run_wrk
+from bench.models import BenchModel
+from bench.procs import pinned
+from bench.systems import RunningSystem, start_naive, start_service
+
+SYSTEMS = ("ceiling", "service", "naive", "torchserve")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how hard to push; ``quick`` keeps the whole run under a minute."""
+
+    seconds: float = 3.0
+    warmup_seconds: float = 1.0
+    concurrency: tuple[int, ...] = (1, 8, 64, 256)
+    bulk_concurrency: tuple[int, ...] = (1, 8, 64, 256)
+    open_fractions: tuple[float, ...] = (0.25, 0.5)  # of the ceiling's single-image rate
+    ceiling_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    ceiling_min_seconds: float = 0.3
+    timeout_s: float = 30.0
+    # TorchServe configurations tried: (workers, batch_size, max_batch_delay_ms); the first
+    # matches the service's own batching, the best of all is then run at every concurrency.
+    torchserve_grid: tuple[tuple[int, int, int], ...] = (
+        (1, 64, 5),
+        (1, 1, 0),
+        (1, 8, 2),
+        (2, 16, 5),
+    )
+    torchserve_grid_concurrency: int = 64
+    torchserve_grid_seconds: float = 2.0
+
+
+QUICK_PLAN = Plan(
+    seconds=1.0,
+    warmup_seconds=1.0,
+    concurrency=(1, 8),
+    bulk_concurrency=(1, 8),
+    open_fractions=(0.25,),
+    ceiling_batch_sizes=(1, 8, 64),
+    ceiling_min_seconds=0.05,
+    timeout_s=10.0,
+    torchserve_grid=((1, 64, 5),),
+    torchserve_grid_concurrency=8,
+    torchserve_grid_seconds=1.0,
+)
+
+
+@dataclass
+class Context:
+    """Where things run and where their output goes."""
+
+    work: Path
+    server_cpus: str
+    client_cpus: str
+    threads: int
+    systems: tuple[str, ...] = SYSTEMS
+    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    @property
+    def logs(self) -> Path:
+        return self.work / "logs"
+
+
+def measure_ceiling(model: BenchModel, plan: Plan, ctx: Context) -> dict[str, Any]:
+    """The ceiling in a child process on the server cores, with the servers' thread count."""
+    command = pinned(
+        [
+            sys.executable,
+            "-m",
+            "bench.ceiling",
+            str(model.version_dir),
+            "--threads",
+            str(ctx.threads),
+            "--min-seconds",
+            str(plan.ceiling_min_seconds),
+            "--batch-sizes",
+            ",".join(map(str, plan.ceiling_batch_sizes)),
+        ],
+        ctx.server_cpus,
+    )
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def check_answer(system: RunningSystem, workload: Workload) -> None:
+    """One request before the load: the body must be the image format the workload asks for."""
+    path, body = workload.render(seed=12345)
+    request = urllib.request.Request(
+        system.url + path,
+        data=body.encode() if body else None,
+        method=workload.method,
+        headers={"Content-Type": "application/json"} if body else {},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        payload = response.read()
+    magic = b"\x89PNG" if workload.name == "single" else b"\x93NUMPY"
+    if not payload.startswith(magic):
+        raise RuntimeError(f"{system.name} answered {payload[:40]!r} to a {workload.name} request")
+
+
+def _avg_batch(
+    before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def measure_system(
+    system: RunningSystem, model: BenchModel, plan: Plan, ctx: Context, ceiling: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Closed loops at each concurrency for each workload, then open loops for single images."""
+    rows: list[dict[str, Any]] = []
+    seed_base = 1_000_000
+    for workload in system.workloads.values():
+        check_answer(system, workload)
+        run_wrk(system.url, workload, 8, plan.warmup_seconds, ctx.client_cpus, plan.timeout_s)
+        levels = plan.concurrency if workload.name == "single" else plan.bulk_concurrency
+        for connections in levels:
+            seed_base += 10_000_000
+            before = system.batch_counters(model.name)
+            row = run_wrk(
+                system.url,
+                workload,
+                connections,
+                plan.seconds,
+                ctx.client_cpus,
+                plan.timeout_s,
+                seed_base,
+            )
+            row["avg_batch"] = _avg_batch(before, system.batch_counters(model.name))
+            if row["avg_batch"] is None and system.name == "naive":
+                row["avg_batch"] = float(workload.images_per_request)  # one run per request
+            rows.append({"system": system.name, "workload": workload.name, **row})
+            ctx.log(_line(system.name, workload.name, row))
+    single = system.workloads.get("single")
+    for fraction in plan.open_fractions if single else ():
+        seed_base += 10_000_000
+        rate = fraction * ceiling["single_images_per_s"]
+        before = system.batch_counters(model.name)
+        row = run_open_loop(
+            system.url,
+            single,
+            rate,
+            plan.seconds,
+            timeout_s=plan.timeout_s,
+            seed_base=seed_base,
+        )
+        row["avg_batch"] = _avg_batch(before, system.batch_counters(model.name))
+        row["rate_fraction_of_ceiling"] = fraction
+        rows.append({"system": system.name, "workload": "single", **row})
+        ctx.log(_line(system.name, "single", row))
+    return rows
+
+
+def _line(system: str, workload: str, row: dict[str, Any]) -> str:
+    level = f"c={row['concurrency']}" if row["mode"] == "closed" else f"rate={row['rate']:.0f}/s"
+    p99 = f"{row['p99_ms']:.1f}" if row["p99_ms"] is not None else "-"
+    return (
+        f"  {system:10s} {workload:6s} {level:12s} {row['images_per_s']:9.1f} img/s "
+        f"{row['req_per_s']:8.1f} req/s p99 {p99} ms errors {row['errors']}"
+    )
+
+
+def bench_model(model: BenchModel, plan: Plan, ctx: Context) -> dict[str, Any]:
+    """Everything for one model, in a fixed order, each server stopped before the next starts."""
+    started = time.monotonic()
+    ctx.log(f"[{model.name}] ceiling")
+    ceiling = measure_ceiling(model, plan, ctx)
+    result: dict[str, Any] = {
+        "model": model.name,
+        "version": model.manifest.version,
+        "origin": model.origin,
+        "image": [model.manifest.image_size, model.manifest.image_size, model.manifest.channels],
+        "conditional": model.manifest.conditional,
+        "ceiling": ceiling,
+        "runs": [],
+        "configs": {},
+    }
+    starters: dict[str, Callable[[], AbstractContextManager[RunningSystem]]] = {
+        "service": lambda: start_service(model, ctx.server_cpus, ctx.threads, ctx.logs),
+        "naive": lambda: start_naive(model, ctx.server_cpus, ctx.threads, ctx.logs),
+    }
+    for name, start in starters.items():
+        if name not in ctx.systems:
+            continue
+        ctx.log(f"[{model.name}] {name}")
+        with start() as system:
+            result["configs"][name] = system.config
+            result["runs"] += measure_system(system, model, plan, ctx, ceiling)
+    if "torchserve" in ctx.systems:
+        from bench.torchserve import bench_torchserve
+
+        service_cfg = result["configs"].get("service", {})
+        ts = bench_torchserve(model, plan, ctx, ceiling, service_cfg)
+        result["torchserve_grid"] = ts["grid"]
+        result["configs"]["torchserve"] = ts["best"]
+        result["runs"] += ts["runs"]
+    result["seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def machine_facts(ctx: Context) -> dict[str, Any]:
+    """What the figures came from: CPU model, cores, pinning, software versions, load."""
+    cpu_model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    return {
+        "cpu_model": cpu_model,
+        "cores": os.cpu_count(),
+        "server_cpus": ctx.server_cpus,
+        "client_cpus": ctx.client_cpus,
+        "onnxruntime_threads": ctx.threads,
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+        "gpu": "none (not run)",
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def asdict_plan(plan: Plan) -> dict[str, Any]:
+    return asdict(plan)
