@@ -1,0 +1,85 @@
+"""The FastAPI application: ``create_app(settings)`` wires settings, registry, metrics, routers."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from . import __name__ as _package
+from .context import ServiceContext
+from .errors import install_error_handlers
+from .lifecycle import Lifecycle
+from .metrics import ServiceMetrics
+from .middleware import MODEL_IN_PATH, ServiceMiddleware
+from .registry import ModelRegistry
+from .settings import Settings
+
+log = logging.getLogger("gan_serve")
+
+CORE_ROUTERS = ("health", "models", "generate", "admin")
+# Routers other parts of the project add; included when their module exists.
+OPTIONAL_ROUTERS = ("kserve", "playground")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; models load in the background after startup (``/readyz`` says when)."""
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+    lifecycle = Lifecycle()
+    registry = ModelRegistry(settings.resolved_model_store(), settings, metrics)
+    encode_pool = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode")
+    ctx = ServiceContext(settings, metrics, registry, lifecycle, encode_pool)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.get_running_loop().create_task(registry.load_all())
+        app.state.loading = loading
+        try:
+            yield
+        finally:
+            lifecycle.begin_drain()
+            if not loading.done():
+                loading.cancel()
+            await lifecycle.wait_drained(registry.idle, settings.drain_timeout_s)
+            await registry.close(settings.drain_timeout_s)
+            encode_pool.shutdown(wait=False)
+
+    app = FastAPI(
+        title="gan-serve",
+        version="0.1.0",
+        summary="Generate images from GAN generators (ONNX) with dynamic batching.",
+        lifespan=lifespan,
+    )
+    app.state.context = ctx
+    app.state.registry = registry
+    app.state.settings = settings
+    app.state.metrics = metrics
+
+    def count_bad_request(request: Request) -> None:
+        match = MODEL_IN_PATH.match(request.url.path)
+        metrics.refuse(match.group(1) if match else "", "bad_request")
+
+    install_error_handlers(app, count_bad_request)
+    app.add_middleware(
+        ServiceMiddleware,
+        metrics=metrics,
+        lifecycle=lifecycle,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    for name in CORE_ROUTERS:
+        app.include_router(importlib.import_module(f"{_package}.routers.{name}").router)
+    for name in OPTIONAL_ROUTERS:
+        try:
+            module = importlib.import_module(f"{_package}.routers.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{_package}.routers.{name}":
+                raise
+            continue
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,302 @@
+"""Dynamic latent batcher: many requests of n images each -> few large inference batches.
+
+Rules (see docs/SERVICE.md):
+
+* A batch holds at most ``max_batch_size`` images. A request larger than that spans several
+  batches; every request gets exactly its own images back, in order.
+* No idle tax: when no batch is running, whatever is queued starts at once. While batches are
+  running, new requests queue up and the next batch is assembled from them as soon as an
+  inference worker frees up, so batches grow with load. With several workers, a free worker
+  waits up to ``max_batch_delay`` after the first queued image for a fuller batch (never
+  longer), unless a full batch is already queued.
+* Inference runs on worker threads, never on the event loop.
+* Bounded: a request that would push the queued images past ``queue_limit`` is refused at once
+  (:class:`QueueFull`). A request whose deadline passes before any of its images started is
+  failed with :class:`DeadlineExceeded` and never computed. A cancelled request (client gone)
+  has its queued images dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .metrics import ServiceMetrics
+
+log = logging.getLogger("gan_serve.batcher")
+
+RunBatch = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+
+
+class QueueFull(Exception):
+    """Too many images queued; the caller should retry after ``retry_after`` seconds."""
+
+    def __init__(self, queued: int, limit: int, retry_after: int) -> None:
+        super().__init__(f"{queued} images queued, limit {limit}")
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed while it was still queued; nothing was computed."""
+
+
+class BatcherClosed(Exception):
+    """The batcher stopped taking work (a newer model version replaced it, or shutdown)."""
+
+
+@dataclass(eq=False)
+class _Job:
+    z: np.ndarray  # float32 [n, nz]
+    labels: np.ndarray | None  # int64 [n]
+    future: asyncio.Future
+    enqueued_at: float
+    out: np.ndarray | None = None  # uint8 [n, S, S, C], filled batch by batch
+    dispatched: int = 0  # images handed to a batch so far
+    completed: int = 0  # images written to out so far
+    expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        return self.z.shape[0]
+
+
+_Piece = tuple[_Job, int, int]  # job, start, stop: job.z[start:stop] is in the batch
+
+
+class LatentBatcher:
+    """Batches ``submit`` calls for one model version; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        model: str,
+        max_batch_size: int = 64,
+        max_batch_delay_s: float = 0.005,
+        queue_limit: int = 1024,
+        workers: int = 1,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.run_batch = run_batch
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay_s = max_batch_delay_s
+        self.queue_limit = queue_limit
+        self.workers = workers
+        self.metrics = metrics
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._queued = 0  # images not yet handed to a batch
+        self._running = 0  # batches in flight
+        self._closing = False
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"infer-{model}")
+        self._batch_seconds = 0.01  # moving estimate, for Retry-After
+        self.batches_run = 0
+
+    # --- public ---------------------------------------------------------------------------
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and self._running == 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(
+        self, z: np.ndarray, labels: np.ndarray | None = None, deadline: float | None = None
+    ) -> np.ndarray:
+        """Queue n latents (+ labels) and wait for their images, uint8 [n, S, S, C].
+
+        ``deadline`` is a ``time.monotonic()`` instant; raises QueueFull, DeadlineExceeded,
+        BatcherClosed, or the inference error. Cancelling the caller drops its queued images.
+        """
+        if self._closing:
+            raise BatcherClosed(f"{self.model}: batcher is closed")
+        n = z.shape[0]
+        if labels is not None and labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+        if self._queued + n > self.queue_limit:
+            self._refuse("queue_full")
+            raise QueueFull(self._queued, self.queue_limit, self._retry_after())
+        self.start()
+        loop = asyncio.get_running_loop()
+        job = _Job(z=z, labels=labels, future=loop.create_future(), enqueued_at=loop.time())
+        if n == 0:
+            return np.empty((0,), np.uint8)
+        if deadline is not None:
+            delay = deadline - time.monotonic()
+            job.expiry = loop.call_later(max(delay, 0.0), self._expire, job)
+        self._queue.append(job)
+        self._add_queued(n)
+        self._idle.clear()
+        self._wakeup.set()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            if self._drop(job):
+                self._refuse("client_gone")
+            raise
+        finally:
+            if job.expiry is not None:
+                job.expiry.cancel()
+
+    async def close(self, timeout: float | None = None) -> bool:
+        """Stop taking work, let queued and running batches finish; True if all finished."""
+        self._closing = True
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            finished = True
+        except asyncio.TimeoutError:
+            finished = False
+        if self._task is not None:
+            self._task.cancel()
+        self._executor.shutdown(wait=False)
+        if self.metrics is not None:
+            self.metrics.queue_depth.labels(model=self.model).set(0)
+        return finished
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue and self._running < self.workers:
+                if self._running and self._queued < self.max_batch_size:
+                    # Another batch is running: give this one up to max_batch_delay to fill.
+                    due = self._queue[0].enqueued_at + self.max_batch_delay_s
+                    if loop.time() < due:
+                        self._arm_timer(due)
+                        break
+                pieces = self._take_batch(loop.time())
+                if pieces:
+                    self._running += 1
+                    loop.create_task(self._run(pieces))
+            if self.idle:
+                self._idle.set()
+
+    def _arm_timer(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(due, self._wakeup.set)
+
+    def _take_batch(self, now: float) -> list[_Piece]:
+        """Cut up to max_batch_size images off the head of the queue."""
+        pieces: list[_Piece] = []
+        room = self.max_batch_size
+        while self._queue and room:
+            job = self._queue[0]
+            if job.future.done():  # cancelled or expired in the meantime
+                self._queue.popleft()
+                continue
+            if job.dispatched == 0:
+                if self.metrics is not None:
+                    self.metrics.queue_wait.labels(model=self.model).observe(now - job.enqueued_at)
+            take = min(room, job.n - job.dispatched)
+            pieces.append((job, job.dispatched, job.dispatched + take))
+            job.dispatched += take
+            room -= take
+            self._add_queued(-take)
+            if job.dispatched == job.n:
+                self._queue.popleft()
+        return pieces
+
+    async def _run(self, pieces: list[_Piece]) -> None:
+        loop = asyncio.get_running_loop()
+        z = np.concatenate([job.z[a:b] for job, a, b in pieces])
+        labels = None
+        if pieces[0][0].labels is not None:
+            labels = np.concatenate([job.labels[a:b] for job, a, b in pieces])
+        started = time.perf_counter()
+        try:
+            images = await loop.run_in_executor(self._executor, self.run_batch, z, labels)
+        except Exception as exc:
+            log.exception("%s: inference failed for a batch of %d", self.model, len(z))
+            for job, _, _ in pieces:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+                self._forget(job)
+        else:
+            elapsed = time.perf_counter() - started
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+            self.batches_run += 1
+            if self.metrics is not None:
+                self.metrics.inference_duration.labels(model=self.model).observe(elapsed)
+                self.metrics.batch_size.labels(model=self.model).observe(len(z))
+                self.metrics.images_generated.labels(model=self.model).inc(len(z))
+            offset = 0
+            for job, a, b in pieces:
+                chunk = images[offset : offset + (b - a)]
+                offset += b - a
+                if job.future.done():
+                    continue
+                if job.out is None:
+                    job.out = np.empty((job.n, *images.shape[1:]), images.dtype)
+                job.out[a:b] = chunk
+                job.completed += b - a
+                if job.completed == job.n:
+                    job.future.set_result(job.out)
+        finally:
+            self._running -= 1
+            self._wakeup.set()
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def _expire(self, job: _Job) -> None:
+        """Deadline passed: fail the job only if none of its images has started."""
+        if job.dispatched == 0 and not job.future.done():
+            self._drop(job)
+            job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            self._refuse("deadline")
+
+    def _drop(self, job: _Job) -> bool:
+        """Remove a job's undispatched images from the queue; True if any were dropped."""
+        remaining = job.n - job.dispatched
+        try:
+            self._queue.remove(job)
+        except ValueError:
+            return False
+        job.dispatched = job.n
+        self._add_queued(-remaining)
+        if self.idle:
+            self._idle.set()
+        return remaining > 0
+
+    def _forget(self, job: _Job) -> None:
+        if job in self._queue:
+            self._drop(job)
+
+    def _add_queued(self, delta: int) -> None:
+        self._queued += delta
+        if self.metrics is not None:
+            self.metrics.queue_depth.labels(model=self.model).set(self._queued)
+
+    def _refuse(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.refuse(self.model, reason)
+
+    def _retry_after(self) -> int:
+        batches = self._queued / self.max_batch_size / self.workers
+        return max(1, math.ceil(batches * self._batch_seconds))

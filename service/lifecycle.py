@@ -1,0 +1,34 @@
+"""Drain state shared by the app, its middleware and the server's SIGTERM handling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class Lifecycle:
+    """Counts requests in flight and knows whether the service is draining."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self.drain_started: float | None = None
+
+    def begin_drain(self) -> None:
+        if not self.draining:
+            self.draining = True
+            self.drain_started = time.monotonic()
+
+    async def wait_drained(self, is_idle, timeout: float, grace: float = 0.0) -> bool:
+        """Wait until no request is in flight and ``is_idle()``, and ``grace`` has passed.
+
+        Returns False if ``timeout`` ran out first.
+        """
+        started = self.drain_started or time.monotonic()
+        while True:
+            now = time.monotonic()
+            if self.in_flight == 0 and is_idle() and now - started >= grace:
+                return True
+            if now - started >= timeout:
+                return False
+            await asyncio.sleep(0.02)

@@ -1,0 +1,223 @@
+"""Models in the store -> loaded, warmed, batched versions; reload and atomic hot swap.
+
+Each model name serves one version at a time (the highest valid one by default). A reload
+loads the requested version next to the serving one, verifies its sha256 against the manifest,
+warms it up for every batch size, then swaps a single dict entry. Requests already queued on
+the old version finish there; the old batcher closes once idle. A failed load leaves the
+serving version untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .batcher import LatentBatcher
+from .manifest import ArtifactMismatch, Manifest, version_dirs
+from .metrics import ServiceMetrics
+from .runtime import GeneratorRuntime, RuntimeOptions
+from .settings import Settings
+
+log = logging.getLogger("gan_serve.registry")
+
+
+class ModelNotFound(KeyError):
+    """No such model is loaded (or, for a reload, present in the store)."""
+
+
+class ReloadRefused(RuntimeError):
+    """A version could not be loaded; the serving version (if any) keeps serving."""
+
+    def __init__(self, message: str, code: str = "reload_refused") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class LoadedModel:
+    """One served model version: its manifest, onnxruntime session and batcher."""
+
+    name: str
+    version: int
+    directory: Path
+    manifest: Manifest
+    runtime: GeneratorRuntime
+    batcher: LatentBatcher
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def provider(self) -> str:
+        return self.runtime.provider_name
+
+
+class ModelRegistry:
+    """All served models by name; ``get(name)`` is a plain dict read, safe during swaps."""
+
+    def __init__(self, store: Path, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.store = Path(store)
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, LoadedModel] = {}
+        self.state = "loading"  # loading | ready | failed
+        self.load_errors: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._retired: set[asyncio.Task] = set()
+        self._watch_stop = threading.Event()
+        self._watch_thread: threading.Thread | None = None
+        self._watch_failed: dict[str, tuple[int, float]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lookups ------------------------------------------------------------------------
+
+    def get(self, name: str) -> LoadedModel:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ModelNotFound(name) from None
+
+    def names(self) -> list[str]:
+        return sorted(self.models)
+
+    def store_names(self) -> list[str]:
+        if not self.store.is_dir():
+            return []
+        return sorted(p.name for p in self.store.iterdir() if p.is_dir() and version_dirs(p))
+
+    def versions_on_disk(self, name: str) -> dict[int, Path]:
+        return version_dirs(self.store / name)
+
+    def idle(self) -> bool:
+        return all(m.batcher.idle for m in self.models.values())
+
+    # --- loading ------------------------------------------------------------------------
+
+    async def load_all(self) -> None:
+        """Load the highest valid version of every model in the store (lower ones as fallback)."""
+        self._loop = asyncio.get_running_loop()
+        for name in self.store_names():
+            for version in sorted(self.versions_on_disk(name), reverse=True):
+                try:
+                    await self.reload(name, version)
+                    break
+                except ReloadRefused as exc:
+                    self.load_errors[name] = str(exc)
+                    log.error("%s v%d not loaded: %s", name, version, exc)
+        self.state = "ready" if self.models else "failed"
+        if not self.models:
+            log.error("no model could be loaded from %s", self.store)
+        if self.settings.watch_interval_s > 0:
+            self._start_watch()
+
+    async def reload(self, name: str, version: int | None = None) -> tuple[LoadedModel, int | None]:
+        """Load ``version`` (default: the highest), warm it, swap it in -> (new, old version)."""
+        self._loop = asyncio.get_running_loop()
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            versions = self.versions_on_disk(name)
+            if not versions:
+                raise ModelNotFound(name)
+            if version is None:
+                version = max(versions)
+            if version not in versions:
+                raise ReloadRefused(
+                    f"{name} has no version {version} (on disk: {sorted(versions)})",
+                    "version_not_found",
+                )
+            loaded = await asyncio.to_thread(self._load_version, name, version, versions[version])
+            previous = self.models.get(name)
+            loaded.batcher.start()
+            self.models[name] = loaded  # the swap: one dict assignment on the event loop
+            self.load_errors.pop(name, None)
+            self.metrics.set_model_info(name, loaded.version, loaded.provider)
+            if previous is not None:
+                task = asyncio.get_running_loop().create_task(previous.batcher.close())
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+            log.info(
+                "%s v%d serving on %s (was %s)",
+                name,
+                version,
+                loaded.provider,
+                previous.version if previous else None,
+            )
+            return loaded, previous.version if previous else None
+
+    def _load_version(self, name: str, version: int, directory: Path) -> LoadedModel:
+        """Blocking: read and check the manifest and artifact, open the session, warm it up."""
+        try:
+            manifest = Manifest.load(directory)
+        except Exception as exc:
+            raise ReloadRefused(
+                f"{directory}: invalid manifest: {exc}", "invalid_manifest"
+            ) from exc
+        if manifest.name != name or manifest.version != version:
+            raise ReloadRefused(
+                f"{directory}: manifest says {manifest.name} v{manifest.version}",
+                "invalid_manifest",
+            )
+        try:
+            manifest.verify_artifact(directory)
+        except ArtifactMismatch as exc:
+            raise ReloadRefused(str(exc), "artifact_mismatch") from exc
+        s = self.settings
+        options = RuntimeOptions(
+            device=s.device,
+            threads=s.threads,
+            max_batch_size=s.max_batch_size,
+            buckets=s.batch_buckets,
+            cuda_graphs=s.cuda_graphs,
+        )
+        try:
+            runtime = GeneratorRuntime(directory, manifest, options)
+            if s.warmup:
+                runtime.warmup()
+        except Exception as exc:
+            raise ReloadRefused(f"{directory}: cannot run the model: {exc}", "load_failed") from exc
+        batcher = LatentBatcher(
+            runtime.run,
+            model=name,
+            max_batch_size=s.max_batch_size,
+            max_batch_delay_s=s.max_batch_delay_ms / 1000.0,
+            queue_limit=s.queue_limit,
+            workers=s.inference_workers,
+            metrics=self.metrics,
+        )
+        return LoadedModel(name, version, directory, manifest, runtime, batcher)
+
+    # --- file watch ---------------------------------------------------------------------
+
+    def _start_watch(self) -> None:
+        self._watch_thread = threading.Thread(target=self._watch, name="store-watch", daemon=True)
+        self._watch_thread.start()
+
+    def _watch(self) -> None:
+        """Poll the store; load a model's new highest version (or a new model) when it appears."""
+        while not self._watch_stop.wait(self.settings.watch_interval_s):
+            for name in self.store_names():
+                versions = self.versions_on_disk(name)
+                newest = max(versions)
+                current = self.models.get(name)
+                if current is not None and current.version >= newest:
+                    continue
+                stamp = (newest, (versions[newest] / "manifest.json").stat().st_mtime)
+                if self._watch_failed.get(name) == stamp:
+                    continue  # already refused; wait for the files to change
+                future = asyncio.run_coroutine_threadsafe(self.reload(name, newest), self._loop)
+                try:
+                    future.result()
+                    self._watch_failed.pop(name, None)
+                except Exception as exc:
+                    self._watch_failed[name] = stamp
+                    log.error("watch: %s v%d refused: %s", name, newest, exc)
+
+    # --- shutdown -----------------------------------------------------------------------
+
+    async def close(self, timeout: float = 10.0) -> None:
+        self._watch_stop.set()
+        await asyncio.gather(
+            *(m.batcher.close(timeout) for m in self.models.values()), *self._retired
+        )

@@ -1,0 +1,304 @@
+"""Generation: POST/GET generate and POST interpolate.
+
+Stages: validate request -> latents (seeds or given) -> batcher -> session -> split -> encode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response
+
+from .. import encode
+from ..batcher import BatcherClosed, DeadlineExceeded, QueueFull
+from ..context import ServiceContext, context
+from ..errors import ApiError, bad_input
+from ..latents import (
+    interpolate,
+    label_index,
+    labels_for,
+    latents_from_request,
+    seed_latents,
+    seeds_for,
+    truncate,
+)
+from ..manifest import MAX_SEED
+from ..registry import LoadedModel
+from ..schemas import GenerateRequest, InterpolateRequest, check_generate, check_interpolate
+from .models import get_model
+
+router = APIRouter(tags=["generate"])
+
+PNG = "image/png"
+NPY = "application/x-npy"
+
+
+# --- shared stages -------------------------------------------------------------------------
+
+
+def _deadline(ctx: ServiceContext, timeout_ms: int | None) -> float:
+    seconds = timeout_ms / 1000.0 if timeout_ms is not None else ctx.settings.request_timeout_s
+    return time.monotonic() + seconds
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _infer(
+    request: Request,
+    name: str,
+    model: LoadedModel,
+    z: np.ndarray,
+    labels: np.ndarray | None,
+    deadline: float,
+) -> tuple[LoadedModel, np.ndarray]:
+    """Submit to the batcher; map refusals to HTTP; drop the work if the client goes away."""
+    ctx = context(request)
+    for _ in range(3):  # a hot swap may close the batcher between lookup and submit
+        submit = asyncio.ensure_future(model.batcher.submit(z, labels, deadline))
+        gone = asyncio.ensure_future(_wait_disconnect(request))
+        try:
+            done, _ = await asyncio.wait({submit, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if submit not in done:
+            submit.cancel()
+            try:
+                await submit
+            except (asyncio.CancelledError, Exception):
+                pass
+            raise ApiError(499, "client_gone", "client disconnected")
+        try:
+            return model, submit.result()
+        except BatcherClosed:
+            newer = ctx.registry.models.get(name)
+            if newer is None or newer is model or not _same_inputs(newer, model):
+                break
+            model = newer
+        except QueueFull as exc:
+            raise ApiError(
+                503,
+                "queue_full",
+                f"too many images queued for {name}; retry later",
+                None,
+                {"Retry-After": str(exc.retry_after)},
+            ) from None
+        except DeadlineExceeded:
+            raise ApiError(
+                504, "deadline_exceeded", "deadline passed while queued", "timeout_ms"
+            ) from None
+    raise ApiError(
+        503, "model_unavailable", f"{name} is being replaced; retry", None, {"Retry-After": "1"}
+    )
+
+
+def _same_inputs(a: LoadedModel, b: LoadedModel) -> bool:
+    ma, mb = a.manifest, b.manifest
+    return (ma.nz, ma.num_classes) == (mb.nz, mb.num_classes)
+
+
+async def _encode(ctx: ServiceContext, fmt: str, fn: Callable[[], bytes]) -> bytes:
+    """Run an encoder on the encode pool (off the event loop) and time it."""
+    started = time.perf_counter()
+    body = await asyncio.get_running_loop().run_in_executor(ctx.encode_pool, fn)
+    ctx.metrics.encode_duration.labels(format=fmt).observe(time.perf_counter() - started)
+    return body
+
+
+def _headers(model: LoadedModel, seeds: list[int] | None, labels: np.ndarray | None) -> dict:
+    headers = {
+        "X-Model-Name": model.name,
+        "X-Model-Version": str(model.version),
+        "X-Provider": model.provider,
+    }
+    if seeds is not None:
+        headers["X-Seeds"] = ",".join(map(str, seeds))
+    if labels is not None:
+        headers["X-Labels"] = ",".join(map(str, labels.tolist()))
+    return headers
+
+
+def _check_n(ctx: ServiceContext, n: int, field: str = "n") -> None:
+    limit = ctx.settings.max_images_per_request
+    if n > limit:
+        raise bad_input(field, f"at most {limit} images per request, got {n}", "out_of_range")
+
+
+# --- POST generate -------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/models/{name}/generate",
+    summary="Generate n images from seeds or latents",
+    responses={200: {"content": {PNG: {}, NPY: {}, "application/json": {}}}},
+)
+async def generate(request: Request, name: str, body: GenerateRequest) -> Response:
+    ctx = context(request)
+    model = get_model(request, name)
+    m = model.manifest
+    check_generate(body)
+    n = body.count
+    _check_n(ctx, n, "latents" if body.latents is not None else "seeds" if body.seeds else "n")
+    seeds: list[int] | None
+    if body.latents is not None:
+        seeds = None
+        z = latents_from_request(body.latents, m.nz, "latents")
+    else:
+        seeds = list(body.seeds) if body.seeds is not None else seeds_for(body.seed, n)
+        z = seed_latents(seeds, m.nz)
+    labels = labels_for(m, body.labels, n, seeds)
+    z = truncate(z, body.truncation)
+    model, images = await _infer(request, name, model, z, labels, _deadline(ctx, body.timeout_ms))
+    headers = _headers(model, seeds, labels)
+    level = ctx.settings.png_compress_level
+    fmt = body.format
+    if fmt == "png" and n == 1:
+        content = await _encode(ctx, "png", lambda: encode.png_bytes(images[0], level))
+        return Response(content, media_type=PNG, headers=headers)
+    if fmt == "png":
+        content = await _encode(
+            ctx, "png", lambda: json.dumps(encode.base64_pngs(images, level)).encode()
+        )
+        return Response(content, media_type="application/json", headers=headers)
+    if fmt == "grid":
+        content = await _encode(ctx, "grid", lambda: encode.grid_png(images, body.columns, level))
+        return Response(content, media_type=PNG, headers=headers)
+    if fmt == "npy":
+        content = await _encode(ctx, "npy", lambda: encode.npy_bytes(images))
+        return Response(content, media_type=NPY, headers=headers)
+
+    def as_json() -> bytes:
+        pngs = encode.base64_pngs(images, level)
+        items = [
+            {
+                "seed": seeds[i] if seeds is not None else None,
+                "label": int(labels[i]) if labels is not None else None,
+                "png": pngs[i],
+            }
+            for i in range(n)
+        ]
+        doc = {"model": model.name, "version": model.version, "images": items}
+        return json.dumps(doc).encode()
+
+    content = await _encode(ctx, "json", as_json)
+    return Response(content, media_type="application/json", headers=headers)
+
+
+# --- GET generate (cacheable PNG) ----------------------------------------------------------
+
+
+@router.get(
+    "/v1/models/{name}/generate",
+    summary="One PNG (a grid when n > 1); same query, same bytes, with an ETag",
+    responses={200: {"content": {PNG: {}}}, 304: {"description": "Not modified"}},
+    response_class=Response,
+)
+async def generate_png(
+    request: Request,
+    name: str,
+    seed: Annotated[int | None, Query(ge=0, le=MAX_SEED)] = None,
+    label: Annotated[str | None, Query(max_length=64)] = None,
+    n: Annotated[int, Query(ge=1)] = 1,
+    truncation: Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = None,
+    columns: Annotated[int | None, Query(ge=1, le=256)] = None,
+) -> Response:
+    ctx = context(request)
+    model = get_model(request, name)
+    m = model.manifest
+    _check_n(ctx, n)
+    label_value: int | str | None = None
+    if label is not None:
+        label_value = int(label) if label.lstrip("-").isdigit() else label
+        if m.conditional:
+            label_value = label_index(m, label_value, "label")
+    etag = None
+    if seed is not None:
+        key = json.dumps(
+            [
+                m.name,
+                m.version,
+                m.artifact.sha256,
+                seed,
+                label_value,
+                n,
+                truncation,
+                columns,
+                ctx.settings.png_compress_level,
+            ]
+        )
+        etag = '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
+        match = request.headers.get("if-none-match")
+        if match is not None and (
+            match.strip() == "*" or etag in [t.strip() for t in match.split(",")]
+        ):
+            return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
+    seeds = seeds_for(seed, n)
+    labels = labels_for(m, label_value, n, seeds, "label")
+    z = truncate(seed_latents(seeds, m.nz), truncation)
+    model, images = await _infer(request, name, model, z, labels, _deadline(ctx, None))
+    level = ctx.settings.png_compress_level
+    if n == 1:
+        content = await _encode(ctx, "png", lambda: encode.png_bytes(images[0], level))
+    else:
+        content = await _encode(ctx, "grid", lambda: encode.grid_png(images, columns, level))
+    headers = _headers(model, seeds, labels)
+    if etag is not None and model.version == m.version:
+        headers.update({"ETag": etag, "Cache-Control": "no-cache"})
+    else:
+        headers["Cache-Control"] = "no-store"
+    return Response(content, media_type=PNG, headers=headers)
+
+
+# --- POST interpolate ----------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/models/{name}/interpolate",
+    summary="A lerp or slerp walk between two seeds or latents, as a grid or frames",
+    responses={200: {"content": {PNG: {}, NPY: {}, "application/json": {}}}},
+)
+async def interpolate_route(request: Request, name: str, body: InterpolateRequest) -> Response:
+    ctx = context(request)
+    model = get_model(request, name)
+    m = model.manifest
+    check_interpolate(body)
+    limit = ctx.settings.max_interpolation_steps
+    if body.steps > limit:
+        raise bad_input("steps", f"at most {limit} steps, got {body.steps}", "out_of_range")
+    if body.seeds is not None:
+        ends = seed_latents(body.seeds, m.nz)
+        first_seed = body.seeds[0]
+    else:
+        ends = latents_from_request(body.latents, m.nz, "latents")
+        first_seed = None
+    z = truncate(interpolate(ends[0], ends[1], body.steps, body.method), body.truncation)
+    label_value = body.label
+    if label_value is None and m.conditional:
+        label_value = (first_seed or 0) % m.num_classes
+    labels = labels_for(m, label_value, body.steps, None, "label")
+    model, images = await _infer(request, name, model, z, labels, _deadline(ctx, body.timeout_ms))
+    headers = _headers(model, list(body.seeds) if body.seeds else None, labels)
+    level = ctx.settings.png_compress_level
+    if body.format == "grid":
+        columns = body.columns or body.steps
+        content = await _encode(ctx, "grid", lambda: encode.grid_png(images, columns, level))
+        return Response(content, media_type=PNG, headers=headers)
+    if body.format == "npy":
+        content = await _encode(ctx, "npy", lambda: encode.npy_bytes(images))
+        return Response(content, media_type=NPY, headers=headers)
+
+    def frames() -> bytes:
+        return json.dumps({"frames": encode.base64_pngs(images, level)}).encode()
+
+    content = await _encode(ctx, "frames", frames)
+    return Response(content, media_type="application/json", headers=headers)

@@ -1,0 +1,216 @@
+"""onnxruntime session for one model version: explicit provider choice, fixed batch sizes, warm-up.
+
+The provider is chosen, never left to onnxruntime's silent fallback: CUDA is used only when
+``onnxruntime.get_available_providers()`` lists it *and* a session created on it really runs
+on it (checked with ``session.get_providers()`` and one probe inference); otherwise the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
+
+log = logging.getLogger("gan_serve.runtime")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+# Process-wide: once CUDA has failed its probe, later loads skip straight to the CPU.
+_cuda_failure: str | None = None
+_cuda_lock = threading.Lock()
+
+
+class ProviderUnavailable(RuntimeError):
+    """``device=cuda`` was asked for but CUDA cannot run this model here."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    device: str = "auto"  # auto | cuda | cpu
+    threads: int = 0
+    max_batch_size: int = 64
+    buckets: str = "auto"  # auto | exact | pow2
+    cuda_graphs: bool = False
+
+
+def batch_sizes_for(max_batch_size: int, mode: str) -> list[int]:
+    """The batch sizes the batcher will run: every size (exact) or powers of two and the max."""
+    if mode == "exact":
+        return list(range(1, max_batch_size + 1))
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    if sizes[-1] != max_batch_size:
+        sizes.append(max_batch_size)
+    return sizes
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+class GeneratorRuntime:
+    """Runs ``z`` (+ ``label``) -> ``image`` uint8 [n, S, S, C] for any n up to the batch limit."""
+
+    def __init__(self, directory: Path, manifest: Manifest, options: RuntimeOptions) -> None:
+        self.manifest = manifest
+        self.options = options
+        self.onnx_path = manifest.onnx_path(directory)
+        self.session, self.provider = self._open_session()
+        mode = options.buckets
+        if mode == "auto":
+            mode = "pow2" if self.provider == CUDA else "exact"
+        self.batch_sizes = batch_sizes_for(options.max_batch_size, mode)
+        self._graph_slots: dict[int, _GraphSlot] = {}
+        self._use_graphs = self.provider == CUDA and options.cuda_graphs
+
+    @property
+    def provider_name(self) -> str:
+        """Short provider name for listings and metrics: ``cuda`` or ``cpu``."""
+        return "cuda" if self.provider == CUDA else "cpu"
+
+    # --- provider choice ---------------------------------------------------------------
+
+    def _open_session(self) -> tuple[ort.InferenceSession, str]:
+        global _cuda_failure
+        device = self.options.device
+        if device in ("auto", "cuda"):
+            with _cuda_lock:
+                reason = _cuda_failure
+                if reason is None and CUDA not in ort.get_available_providers():
+                    reason = "onnxruntime lists no CUDAExecutionProvider"
+                if reason is None:
+                    try:
+                        return self._cuda_session(), CUDA
+                    except Exception as exc:  # any failure means: not usable here
+                        reason = f"{type(exc).__name__}: {exc}"
+                _cuda_failure = reason
+            if device == "cuda":
+                raise ProviderUnavailable(f"device=cuda but CUDA is not usable: {reason}")
+            log.info("using CPUExecutionProvider (%s)", reason)
+        sess = ort.InferenceSession(
+            str(self.onnx_path), _session_options(self.options.threads), providers=[CPU]
+        )
+        return sess, CPU
+
+    def _cuda_session(self) -> ort.InferenceSession:
+        cuda_opts = {"cudnn_conv_algo_search": "HEURISTIC"}
+        if self.options.cuda_graphs:
+            cuda_opts["enable_cuda_graph"] = "1"
+        ort.set_default_logger_severity(4)  # the probe's expected failure is not an error
+        try:
+            sess = ort.InferenceSession(
+                str(self.onnx_path),
+                _session_options(self.options.threads),
+                providers=[(CUDA, cuda_opts), CPU],
+            )
+        finally:
+            ort.set_default_logger_severity(2)
+        if sess.get_providers()[0] != CUDA:
+            raise ProviderUnavailable("session did not place the model on CUDA")
+        z, labels = self._dummy(1)
+        feed = {LATENT_INPUT: z}
+        if labels is not None:
+            feed[LABEL_INPUT] = labels
+        if not self.options.cuda_graphs:  # graph sessions must run through IO binding
+            sess.run([IMAGE_OUTPUT], feed)
+        return sess
+
+    # --- running -------------------------------------------------------------------------
+
+    def bucket_for(self, n: int) -> int:
+        for size in self.batch_sizes:
+            if size >= n:
+                return size
+        raise ValueError(f"batch of {n} exceeds max_batch_size {self.batch_sizes[-1]}")
+
+    def run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        """z float32 [n, nz], labels int64 [n] | None -> uint8 [n, S, S, C]; pads to a bucket."""
+        n = z.shape[0]
+        size = self.bucket_for(n)
+        if size != n:
+            z = np.concatenate([z, np.zeros((size - n, z.shape[1]), np.float32)])
+            if labels is not None:
+                labels = np.concatenate([labels, np.zeros(size - n, np.int64)])
+        if self.provider == CUDA:
+            out = self._run_cuda(z, labels)
+        else:
+            feed = {LATENT_INPUT: z}
+            if labels is not None:
+                feed[LABEL_INPUT] = labels
+            out = self.session.run([IMAGE_OUTPUT], feed)[0]
+        return out[:n]
+
+    def _run_cuda(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        """IO binding: inputs copied once to the device, the uint8 output bound to host memory.
+
+        With CUDA graphs, each bucket has fixed device buffers updated in place and its own
+        graph id, so a graph is captured once per bucket and replayed afterwards.
+        """
+        if self._use_graphs:
+            slot = self._graph_slots.get(z.shape[0])
+            if slot is None:
+                slot = self._graph_slots[z.shape[0]] = _GraphSlot(self, z.shape[0])
+            return slot.run(z, labels)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(LATENT_INPUT, np.ascontiguousarray(z))
+        if labels is not None:
+            binding.bind_cpu_input(LABEL_INPUT, np.ascontiguousarray(labels))
+        binding.bind_output(IMAGE_OUTPUT, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _dummy(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        z = np.zeros((n, self.manifest.nz), np.float32)
+        labels = np.zeros(n, np.int64) if self.manifest.conditional else None
+        return z, labels
+
+    def warmup(self) -> None:
+        """Run every batch size once, so no request pays for first-run allocations."""
+        for size in self.batch_sizes:
+            self.run(*self._dummy(size))
+
+
+class _GraphSlot:
+    """Fixed device buffers and an IO binding for one bucket size (CUDA graph replay)."""
+
+    def __init__(self, runtime: GeneratorRuntime, size: int) -> None:
+        m = runtime.manifest
+        self.session = runtime.session
+        self.lock = threading.Lock()
+        self.z = ort.OrtValue.ortvalue_from_shape_and_type([size, m.nz], np.float32, "cuda", 0)
+        self.labels = (
+            ort.OrtValue.ortvalue_from_shape_and_type([size], np.int64, "cuda", 0)
+            if m.conditional
+            else None
+        )
+        shape = [size, m.image_size, m.image_size, m.channels]
+        self.out = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.uint8, "cuda", 0)
+        self.binding = self.session.io_binding()
+        self.binding.bind_ortvalue_input(LATENT_INPUT, self.z)
+        if self.labels is not None:
+            self.binding.bind_ortvalue_input(LABEL_INPUT, self.labels)
+        self.binding.bind_ortvalue_output(IMAGE_OUTPUT, self.out)
+        self.run_options = ort.RunOptions()
+        self.run_options.add_run_config_entry("gpu_graph_id", str(size))
+
+    def run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        with self.lock:
+            self.z.update_inplace(np.ascontiguousarray(z))
+            if self.labels is not None and labels is not None:
+                self.labels.update_inplace(np.ascontiguousarray(labels))
+            self.session.run_with_iobinding(self.binding, self.run_options)
+            return self.out.numpy().copy()

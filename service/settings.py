@@ -1,0 +1,69 @@
+"""Service settings: environment variables (prefix ``GAN_SERVE_``) overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_STORE = Path(__file__).resolve().parent.parent / "model_store"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Defaults suit one CPU box; see docs/SERVICE.md."""
+
+    model_config = SettingsConfigDict(env_prefix="GAN_SERVE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    model_store: Path | None = Field(
+        default=None,
+        description="model_store directory; default ./model_store, else the one beside the package",
+    )
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
+
+    # Dynamic batcher.
+    max_batch_size: int = Field(default=64, ge=1, le=4096, description="images per inference")
+    max_batch_delay_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="with several inference workers: longest wait for a fuller batch while "
+        "another batch runs (an idle model never waits)",
+    )
+    inference_workers: int = Field(default=1, ge=1, le=16, description="batches run at once")
+    queue_limit: int = Field(default=1024, ge=1, description="queued images before 503")
+    batch_buckets: Literal["auto", "exact", "pow2"] = Field(
+        default="auto",
+        description="pad batches to fixed sizes: pow2 on CUDA (auto), exact sizes on CPU",
+    )
+    cuda_graphs: bool = Field(default=False, description="capture CUDA graphs per bucket")
+
+    # Requests.
+    max_images_per_request: int = Field(default=256, ge=1)
+    max_interpolation_steps: int = Field(default=64, ge=2)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="request body limit")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="default queue deadline")
+    png_compress_level: int = Field(default=1, ge=0, le=9)
+    encode_threads: int = Field(default=2, ge=1)
+
+    # Lifecycle.
+    warmup: bool = True
+    watch_interval_s: float = Field(default=0.0, ge=0, description="poll the store; 0 = off")
+    drain_timeout_s: float = Field(default=30.0, gt=0, description="SIGTERM drain limit")
+    drain_grace_s: float = Field(
+        default=0.0, ge=0, description="keep /readyz at 503 at least this long before exiting"
+    )
+    admin_token: str | None = Field(default=None, description="if set, reload needs it")
+    log_level: str = "info"
+
+    def resolved_model_store(self) -> Path:
+        """GAN_SERVE_MODEL_STORE, else ./model_store if present, else the one beside the package."""
+        if self.model_store is not None:
+            return Path(self.model_store)
+        local = Path.cwd() / "model_store"
+        if local.is_dir():
+            return local
+        return PACKAGE_STORE
