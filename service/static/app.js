@@ -1,0 +1,282 @@
+// gan-serve playground: sample grid, class picker, seed walk and a live metrics chart.
+// Plain browser JavaScript, no dependencies; talks to /playground/api/* and /metrics.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { models: [], model: null, label: null, frames: [], history: [], last: null };
+const TILES = 16;
+const STEPS = 16;
+const POLL_MS = 2000;
+const HISTORY = 90;
+
+function showError(err) {
+  $("status").textContent = err ? String(err.message || err) : "";
+}
+
+async function api(path) {
+  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const e = body.error;
+    throw new Error((e && (e.message || e)) || response.statusText);
+  }
+  return body;
+}
+
+function query(params) {
+  return Object.entries(params)
+    .filter(([, v]) => v !== null && v !== undefined && v !== "")
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)
+    .join("&");
+}
+
+function currentModel() {
+  return state.models.find((m) => m.name === state.model);
+}
+
+// --- samples ------------------------------------------------------------------------------
+
+function renderClassButtons() {
+  const box = $("classes");
+  box.replaceChildren();
+  const model = currentModel();
+  if (!model || model.num_classes === 0) return;
+  const options = [{ label: null, text: "mixed" }].concat(
+    model.class_names.map((name, i) => ({ label: i, text: name }))
+  );
+  for (const option of options) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = option.text;
+    button.dataset.label = option.label === null ? "" : String(option.label);
+    button.setAttribute("aria-pressed", String(option.label === state.label));
+    button.addEventListener("click", () => {
+      state.label = option.label;
+      for (const b of box.children) b.setAttribute("aria-pressed", String(b === button));
+      loadSamples();
+      loadInterpolation();
+    });
+    box.appendChild(button);
+  }
+}
+
+async function loadSamples() {
+  const seed = Number($("seed").value) || 0;
+  try {
+    const body = await api(
+      `/playground/api/samples?${query({ model: state.model, seed, n: TILES, label: state.label })}`
+    );
+    const grid = $("grid");
+    while (grid.children.length < body.images.length) grid.appendChild(document.createElement("img"));
+    while (grid.children.length > body.images.length) grid.lastChild.remove();
+    body.images.forEach((b64, i) => {
+      const img = grid.children[i];
+      const label = body.labels ? body.labels[i] : null;
+      img.src = `data:image/png;base64,${b64}`;
+      img.alt = `seed ${body.seeds[i]}` + (label === null ? "" : `, class ${label}`);
+      img.title = img.alt;
+      img.dataset.seed = body.seeds[i];
+      img.dataset.label = label === null ? "" : label;
+    });
+    const model = currentModel();
+    const cls = state.label === null ? "mixed classes" : `class ${model.class_names[state.label]}`;
+    $("grid-caption").textContent =
+      `seeds ${body.seeds[0]}–${body.seeds[body.seeds.length - 1]}, ${cls}, version ${body.version}`;
+    showError(null);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+// --- interpolation ------------------------------------------------------------------------
+
+async function loadInterpolation() {
+  const params = {
+    model: state.model,
+    seed_a: Number($("seed-a").value) || 0,
+    seed_b: Number($("seed-b").value) || 0,
+    steps: STEPS,
+    label: state.label,
+  };
+  try {
+    const body = await api(`/playground/api/interpolate?${query(params)}`);
+    state.frames = body.frames;
+    $("interp-slider").max = String(body.frames.length - 1);
+    showFrame();
+    showError(null);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+function showFrame() {
+  if (!state.frames.length) return;
+  const i = Number($("interp-slider").value);
+  $("interp-frame").src = `data:image/png;base64,${state.frames[i]}`;
+  const t = i / (state.frames.length - 1);
+  $("interp-caption").textContent =
+    `t = ${t.toFixed(2)} between seed ${$("seed-a").value} and seed ${$("seed-b").value}`;
+}
+
+// --- metrics ------------------------------------------------------------------------------
+
+// Prometheus text exposition format -> [{name, labels, value}].
+function parseMetrics(text) {
+  const samples = [];
+  const line = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/;
+  const pair = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
+  for (const raw of text.split("\n")) {
+    if (!raw || raw.startsWith("#")) continue;
+    const m = line.exec(raw);
+    if (!m) continue;
+    const labels = {};
+    for (const p of (m[2] || "").matchAll(pair)) labels[p[1]] = p[2].replace(/\\(.)/g, "$1");
+    samples.push({ name: m[1], labels, value: Number(m[3]) });
+  }
+  return samples;
+}
+
+const WORK_ROUTE = /infer|generate|interpolate|samples/;
+
+function summarize(samples) {
+  const out = { images: 0, count: 0, sum: 0, buckets: new Map(), queue: 0 };
+  for (const s of samples) {
+    if (s.name === "gan_serve_images_generated_total") out.images += s.value;
+    else if (s.name === "gan_serve_queue_depth_images") out.queue += s.value;
+    else if (s.name.startsWith("gan_serve_request_duration_seconds") && WORK_ROUTE.test(s.labels.route || "")) {
+      if (s.name.endsWith("_count")) out.count += s.value;
+      else if (s.name.endsWith("_sum")) out.sum += s.value;
+      else if (s.name.endsWith("_bucket")) {
+        const le = s.labels.le === "+Inf" ? Infinity : Number(s.labels.le);
+        out.buckets.set(le, (out.buckets.get(le) || 0) + s.value);
+      }
+    }
+  }
+  return out;
+}
+
+// Upper bound of the bucket holding quantile q of the requests between two scrapes.
+function quantile(prev, now, q) {
+  const bounds = [...now.buckets.keys()].sort((a, b) => a - b);
+  const total = now.count - prev.count;
+  if (total <= 0) return null;
+  for (const le of bounds) {
+    const seen = (now.buckets.get(le) || 0) - (prev.buckets.get(le) || 0);
+    if (seen >= q * total) return Number.isFinite(le) ? le : bounds[bounds.length - 2] || null;
+  }
+  return null;
+}
+
+async function pollMetrics() {
+  try {
+    const response = await fetch("/metrics");
+    const now = { ...summarize(parseMetrics(await response.text())), at: performance.now() };
+    if (state.last) {
+      const prev = state.last;
+      const seconds = (now.at - prev.at) / 1000;
+      const requests = now.count - prev.count;
+      const point = {
+        throughput: Math.max(0, (now.images - prev.images) / seconds),
+        latency: requests > 0 ? ((now.sum - prev.sum) / requests) * 1000 : null,
+        p95: requests > 0 ? quantile(prev, now, 0.95) * 1000 : null,
+      };
+      state.history.push(point);
+      if (state.history.length > HISTORY) state.history.shift();
+      $("throughput").textContent = point.throughput.toFixed(1);
+      $("latency").textContent = point.latency === null ? "–" : point.latency.toFixed(1);
+      $("p95").textContent = point.p95 === null ? "–" : `≤ ${point.p95.toFixed(1)}`;
+      $("queue").textContent = String(now.queue);
+      drawChart();
+    }
+    state.last = now;
+  } catch (err) {
+    showError(err);
+  }
+}
+
+function drawChart() {
+  const canvas = $("chart");
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width;
+  const h = canvas.height;
+  const pad = { l: 44, r: 52, t: 10, b: 20 };
+  ctx.clearRect(0, 0, w, h);
+  ctx.font = "11px system-ui, sans-serif";
+  const points = state.history;
+  const maxOf = (key) => Math.max(1e-9, ...points.map((p) => p[key] || 0));
+  const maxThroughput = maxOf("throughput") * 1.15;
+  const maxLatency = Math.max(maxOf("latency"), maxOf("p95")) * 1.15;
+  const x = (i) => pad.l + (i * (w - pad.l - pad.r)) / Math.max(1, HISTORY - 1);
+  const y = (v, max) => h - pad.b - (v / max) * (h - pad.t - pad.b);
+  ctx.strokeStyle = "#d0d5dd";
+  ctx.fillStyle = "#667085";
+  for (let k = 0; k <= 4; k++) {
+    const yy = pad.t + (k * (h - pad.t - pad.b)) / 4;
+    ctx.beginPath();
+    ctx.moveTo(pad.l, yy);
+    ctx.lineTo(w - pad.r, yy);
+    ctx.stroke();
+    ctx.fillText(((maxThroughput * (4 - k)) / 4).toFixed(0), 4, yy + 4);
+    ctx.fillText(`${((maxLatency * (4 - k)) / 4).toFixed(0)} ms`, w - pad.r + 4, yy + 4);
+  }
+  ctx.fillText("images/s", 4, h - 4);
+  const line = (key, max, color) => {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    let started = false;
+    points.forEach((p, i) => {
+      if (p[key] === null || p[key] === undefined) return;
+      const px = x(i + HISTORY - points.length);
+      if (started) ctx.lineTo(px, y(p[key], max));
+      else ctx.moveTo(px, y(p[key], max));
+      started = true;
+    });
+    ctx.stroke();
+    ctx.lineWidth = 1;
+  };
+  line("throughput", maxThroughput, "#2b6cb0");
+  line("latency", maxLatency, "#dd6b20");
+  line("p95", maxLatency, "#c53030");
+}
+
+// --- wiring -------------------------------------------------------------------------------
+
+async function selectModel(name) {
+  state.model = name;
+  state.label = null;
+  const m = currentModel();
+  $("model-info").textContent = m
+    ? `v${m.version} · ${m.image_size}×${m.image_size}×${m.channels} · ` +
+      (m.num_classes ? `${m.num_classes} classes` : "unconditional")
+    : "";
+  renderClassButtons();
+  await Promise.all([loadSamples(), loadInterpolation()]);
+}
+
+async function init() {
+  try {
+    state.models = (await api("/playground/api/models")).models;
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  const select = $("model");
+  for (const m of state.models) select.add(new Option(m.name, m.name));
+  select.addEventListener("change", () => selectModel(select.value));
+  $("refresh").addEventListener("click", loadSamples);
+  $("seed").addEventListener("change", loadSamples);
+  $("random-seed").addEventListener("click", () => {
+    $("seed").value = String(Math.floor(Math.random() * 1e9));
+    loadSamples();
+  });
+  $("interp-load").addEventListener("click", loadInterpolation);
+  $("interp-slider").addEventListener("input", showFrame);
+  if (state.models.length) await selectModel(state.models[0].name);
+  else showError("no models are loaded");
+  document.body.dataset.ready = "true";
+  pollMetrics();
+  setInterval(pollMetrics, POLL_MS);
+}
+
+init();
