@@ -21,3 +21,14 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_tiny_model(store, "tiny", 1, nz=NZ, image_size=SIZE, num_classes=CLASSES)
     write_tiny_model(store, "plain", 1, nz=NZ, image_size=SIZE, num_classes=0)
     return store
+
+
+@pytest.fixture(scope="session")
+def service(tiny_store: Path):
+    """One service for the module's read-only tests: tiny models, small request limit."""
+    from tests.support.server import ServiceProcess
+
+    with ServiceProcess(
+        tiny_store, "--max-images-per-request", "64", "--threads", "1", "--no-warmup"
+    ) as proc:
+        yield proc
