@@ -40,7 +40,8 @@ def latents_from_request(latents: Sequence[Sequence[float]], nz: int, field: str
     for i, row in enumerate(latents):
         if len(row) != nz:
             raise bad_input(f"{field}[{i}]", f"latent must have nz={nz} values, got {len(row)}")
-    z = np.asarray(latents, dtype=np.float32).reshape(len(latents), nz)
+    with np.errstate(over="ignore"):  # too-large values become inf, refused just below
+        z = np.asarray(latents, dtype=np.float32).reshape(len(latents), nz)
     if not np.isfinite(z).all():  # also catches floats that overflow float32
         row = int(np.argwhere(~np.isfinite(z))[0][0])
         raise bad_input(f"{field}[{row}]", "latents must be finite numbers")
