@@ -236,6 +236,7 @@ class _Base:
         self.chunk_size = chunk_size
         self.headers = dict(headers or {})
         self._info: ModelInfo | None = None
+        self.retry_delays: list[float] = []  # every wait before a retry, for logs and tests
 
     def _model_path(self) -> str:
         path = f"/v2/models/{self.model}"
@@ -258,9 +259,18 @@ class GanClient(_Base):
 
     Usable as a context manager; one keep-alive connection pool per client."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", model: str = "mnist-cdcgan", **kw):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        model: str = "mnist-cdcgan",
+        *,
+        transport: httpx.BaseTransport | None = None,
+        **kw: Any,
+    ):
         super().__init__(url, model, **kw)
-        self._http = httpx.Client(base_url=self.url, timeout=self.timeout, headers=self.headers)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=self.timeout, headers=self.headers, transport=transport
+        )
 
     def __enter__(self) -> GanClient:
         return self
@@ -287,7 +297,9 @@ class GanClient(_Base):
                 if response is not None:
                     self._raise_for(response)
                 raise GanServeUnavailable(f"{method} {path} failed: {error}") from error
-            time.sleep(retry_delay(response, attempt, self.backoff, self.max_backoff))
+            delay = retry_delay(response, attempt, self.backoff, self.max_backoff)
+            self.retry_delays.append(delay)
+            time.sleep(delay)
             attempt += 1
 
     def info(self) -> ModelInfo:
@@ -345,12 +357,13 @@ class AsyncGanClient(_Base):
         model: str = "mnist-cdcgan",
         *,
         max_concurrency: int = 4,
+        transport: httpx.AsyncBaseTransport | None = None,
         **kw: Any,
     ):
         super().__init__(url, model, **kw)
         self.max_concurrency = max_concurrency
         self._http = httpx.AsyncClient(
-            base_url=self.url, timeout=self.timeout, headers=self.headers
+            base_url=self.url, timeout=self.timeout, headers=self.headers, transport=transport
         )
 
     async def __aenter__(self) -> AsyncGanClient:
@@ -378,7 +391,9 @@ class AsyncGanClient(_Base):
                 if response is not None:
                     self._raise_for(response)
                 raise GanServeUnavailable(f"{method} {path} failed: {error}") from error
-            await asyncio.sleep(retry_delay(response, attempt, self.backoff, self.max_backoff))
+            delay = retry_delay(response, attempt, self.backoff, self.max_backoff)
+            self.retry_delays.append(delay)
+            await asyncio.sleep(delay)
             attempt += 1
 
     async def info(self) -> ModelInfo:
