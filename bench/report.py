@@ -172,6 +172,25 @@ def markdown(result: dict[str, Any]) -> str:
                 f" | {_fmt(r['p50_ms'], 2)} | {_fmt(r['p90_ms'], 2)}"
                 f" | {_fmt(r['p99_ms'], 2)} | {r['errors']} | {_fmt(r.get('avg_batch'))} |"
             )
+        inside = [r for r in model["runs"] if r.get("server_ms")]
+        if inside:
+            out += [
+                "",
+                "Inside the service (means from its own histograms over each run, ms): request"
+                " = time in the app per request; queue wait per request; inference per batch;"
+                " encode per call.",
+                "",
+                "| workload | load | request | queue wait | inference/batch | encode | avg batch |",
+                "|---|---|---:|---:|---:|---:|---:|",
+            ]
+            for r in inside:
+                ms = r["server_ms"]
+                load = f"{r['concurrency']} conn" if r["mode"] == "closed" else f"{r['rate']:.0f}/s"
+                out.append(
+                    f"| {r['workload']} | {load} | {_fmt(ms.get('request'), 2)}"
+                    f" | {_fmt(ms.get('queue_wait'), 2)} | {_fmt(ms.get('inference'), 2)}"
+                    f" | {_fmt(ms.get('encode'), 3)} | {_fmt(r.get('avg_batch'))} |"
+                )
         grid = model.get("torchserve_grid") or []
         if grid:
             out += [

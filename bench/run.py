@@ -19,7 +19,7 @@ from typing import Any
 from bench.loadgen import Workload, run_open_loop, run_wrk
 from bench.models import BenchModel
 from bench.procs import pinned
-from bench.systems import RunningSystem, start_naive, start_service
+from bench.systems import RunningSystem, histogram_means, start_naive, start_service
 
 SYSTEMS = ("ceiling", "service", "naive", "torchserve")
 
@@ -116,12 +116,13 @@ def check_answer(system: RunningSystem, workload: Workload) -> None:
         raise RuntimeError(f"{system.name} answered {payload[:40]!r} to a {workload.name} request")
 
 
-def _avg_batch(
-    before: tuple[float, float] | None, after: tuple[float, float] | None
-) -> float | None:
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
+def _server_side(row: dict[str, Any], means: dict[str, float | None]) -> None:
+    """Average batch size and the service's own mean timings (ms) for the run."""
+    row["avg_batch"] = means.get("batch_images")
+    if means:
+        row["server_ms"] = {
+            k: (v * 1e3 if v is not None else None) for k, v in means.items() if k != "batch_images"
+        }
 
 
 def measure_system(
@@ -136,7 +137,7 @@ def measure_system(
         levels = plan.concurrency if workload.name == "single" else plan.bulk_concurrency
         for connections in levels:
             seed_base += 10_000_000
-            before = system.batch_counters(model.name)
+            before = system.histogram_totals()
             row = run_wrk(
                 system.url,
                 workload,
@@ -146,8 +147,8 @@ def measure_system(
                 plan.timeout_s,
                 seed_base,
             )
-            row["avg_batch"] = _avg_batch(before, system.batch_counters(model.name))
-            if row["avg_batch"] is None and system.name == "naive":
+            _server_side(row, histogram_means(before, system.histogram_totals()))
+            if system.name == "naive":
                 row["avg_batch"] = float(workload.images_per_request)  # one run per request
             rows.append({"system": system.name, "workload": workload.name, **row})
             ctx.log(_line(system.name, workload.name, row))
@@ -155,7 +156,7 @@ def measure_system(
     for fraction in plan.open_fractions if single else ():
         seed_base += 10_000_000
         rate = fraction * ceiling["single_images_per_s"]
-        before = system.batch_counters(model.name)
+        before = system.histogram_totals()
         row = run_open_loop(
             system.url,
             single,
@@ -164,7 +165,7 @@ def measure_system(
             timeout_s=plan.timeout_s,
             seed_base=seed_base,
         )
-        row["avg_batch"] = _avg_batch(before, system.batch_counters(model.name))
+        _server_side(row, histogram_means(before, system.histogram_totals()))
         row["rate_fraction_of_ceiling"] = fraction
         rows.append({"system": system.name, "workload": "single", **row})
         ctx.log(_line(system.name, "single", row))

@@ -27,20 +27,45 @@ class RunningSystem:
     config: dict[str, Any] = field(default_factory=dict)
     metrics_url: str | None = None
 
-    def batch_counters(self, model: str) -> tuple[float, float] | None:
-        """(sum, count) of the service's ``gan_serve_batch_size_images`` histogram, if exported."""
+    def histogram_totals(self) -> dict[str, tuple[float, float]] | None:
+        """(sum, count) of the service's own histograms, summed over labels (generate routes
+        only for request latency), or None for servers that export none."""
         if self.metrics_url is None:
             return None
-        text = http_text(self.metrics_url)
-        found = {}
-        for part in ("sum", "count"):
-            pattern = rf'^gan_serve_batch_size_images_{part}\{{[^}}]*model="{re.escape(model)}"'
-            for line in text.splitlines():
-                if re.match(pattern, line):
-                    found[part] = float(line.rsplit(" ", 1)[1])
-        if len(found) != 2:
-            return None
-        return found["sum"], found["count"]
+        totals: dict[str, list[float]] = {key: [0.0, 0.0] for key in SERVICE_HISTOGRAMS}
+        pattern = re.compile(r"^(gan_serve_\w+)_(sum|count)(\{[^}]*\})? (\S+)$")
+        for line in http_text(self.metrics_url).splitlines():
+            match = pattern.match(line)
+            if not match:
+                continue
+            metric, part, labels, value = match.groups()
+            for key, name in SERVICE_HISTOGRAMS.items():
+                if metric == name and (key != "request" or "generate" in (labels or "")):
+                    totals[key][0 if part == "sum" else 1] += float(value)
+        return {key: (v[0], v[1]) for key, v in totals.items()}
+
+
+# Histograms the service exports, read before and after each run to split its latency.
+SERVICE_HISTOGRAMS = {
+    "request": "gan_serve_request_duration_seconds",
+    "queue_wait": "gan_serve_queue_wait_seconds",
+    "inference": "gan_serve_inference_duration_seconds",
+    "encode": "gan_serve_encode_duration_seconds",
+    "batch_images": "gan_serve_batch_size_images",
+}
+
+
+def histogram_means(
+    before: dict[str, tuple[float, float]] | None, after: dict[str, tuple[float, float]] | None
+) -> dict[str, float | None]:
+    """Mean of each histogram over a run, from the deltas of its _sum and _count."""
+    if before is None or after is None:
+        return {}
+    means: dict[str, float | None] = {}
+    for key in SERVICE_HISTOGRAMS:
+        total, count = after[key][0] - before[key][0], after[key][1] - before[key][1]
+        means[key] = total / count if count > 0 else None
+    return means
 
 
 def service_workloads(model: BenchModel, prefix: str = "") -> dict[str, Workload]:
