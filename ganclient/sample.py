@@ -310,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=256, help="images per request")
     p.add_argument("--shard-size", type=int, default=1000, help="images per WebDataset shard")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--retries", type=int, default=5, help="retries per request on 503/errors")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -321,7 +322,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         source: Any = LocalGenerator(args.local, args.model, chunk_size=args.chunk_size)
     else:
-        source = GanClient(args.url, args.model, timeout=args.timeout, chunk_size=args.chunk_size)
+        source = GanClient(
+            args.url,
+            args.model,
+            timeout=args.timeout,
+            chunk_size=args.chunk_size,
+            max_retries=args.retries,
+        )
     try:
         with source:
             report = run_sample(

@@ -140,3 +140,26 @@ def test_unconditional_model_and_bad_labels(tiny_store: Path, tmp_path: Path):
     assert len(list((out / "all").glob("*.png"))) == 3
     bad = ["-n", "3", "-o", str(tmp_path / "x"), "--local", str(tiny_store), "--model", "tiny"]
     assert main([*bad, "--labels", "12", "--no-progress"]) == 2
+
+
+def test_remote_sample_equals_local(service, tiny_store: Path, tmp_path: Path):
+    common = ["-n", "30", "--model", "tiny", "--layout", "npz", "--seed", "3", "--no-progress"]
+    assert main([*common, "-o", str(tmp_path / "remote.npz"), "--url", service.url]) == 0
+    assert main([*common, "-o", str(tmp_path / "local.npz"), "--local", str(tiny_store)]) == 0
+    with np.load(tmp_path / "remote.npz") as remote, np.load(tmp_path / "local.npz") as local:
+        assert np.array_equal(remote["images"], local["images"])
+        assert np.array_equal(remote["labels"], local["labels"])
+    assert (
+        main(
+            [
+                *common,
+                "-o",
+                str(tmp_path / "x.npz"),
+                "--url",
+                "http://127.0.0.1:9",
+                "--retries",
+                "0",
+            ]
+        )
+        == 2
+    )
