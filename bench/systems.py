@@ -33,7 +33,7 @@ class RunningSystem:
         if self.metrics_url is None:
             return None
         totals: dict[str, list[float]] = {key: [0.0, 0.0] for key in SERVICE_HISTOGRAMS}
-        pattern = re.compile(r"^(gan_serve_\w+)_(sum|count)(\{[^}]*\})? (\S+)$")
+        pattern = re.compile(r"^(gan_serve_\w+)_(sum|count)(\{.*\})? (\S+)$")
         for line in http_text(self.metrics_url).splitlines():
             match = pattern.match(line)
             if not match:
