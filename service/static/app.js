@@ -219,7 +219,7 @@ function drawChart() {
     ctx.fillText(((maxThroughput * (4 - k)) / 4).toFixed(0), 4, yy + 4);
     ctx.fillText(`${((maxLatency * (4 - k)) / 4).toFixed(0)} ms`, w - pad.r + 4, yy + 4);
   }
-  ctx.fillText("images/s", 4, h - 4);
+  ctx.fillText("images/s", pad.l + 4, pad.t + 10);
   const line = (key, max, color) => {
     ctx.strokeStyle = color;
     ctx.lineWidth = 2;
@@ -234,6 +234,14 @@ function drawChart() {
     });
     ctx.stroke();
     ctx.lineWidth = 1;
+    const lastIndex = points.length - 1;
+    const last = points[lastIndex];
+    if (last && last[key] !== null && last[key] !== undefined) {
+      ctx.fillStyle = color;
+      ctx.beginPath();
+      ctx.arc(x(lastIndex + HISTORY - points.length), y(last[key], max), 3, 0, 2 * Math.PI);
+      ctx.fill();
+    }
   };
   line("throughput", maxThroughput, "#2b6cb0");
   line("latency", maxLatency, "#dd6b20");
