@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from service.settings import Settings
 from tests.deploy.tools import COMPOSE_FILE, DEPLOY, GPU_OVERRIDE, ROOT, run_compose
 
 
@@ -66,7 +67,10 @@ def test_service_replicas_sit_behind_nginx(tmp_path):
     assert serve["build"]["dockerfile"] == "deploy/docker/service.Dockerfile"
     assert serve["deploy"]["replicas"] >= 2
     assert "ports" not in serve, "replicas publish no host port; nginx is the entry point"
-    assert serve["expose"] == ["8000"]
+    assert serve["expose"] == [str(Settings().port)]
+    # Settings names must be real settings: pydantic-settings ignores unknown GAN_SERVE_* names.
+    fields = {f"GAN_SERVE_{name.upper()}" for name in Settings.model_fields}
+    assert set(serve["environment"]) <= fields, set(serve["environment"]) - fields
     nginx = services["nginx"]
     assert nginx["depends_on"]["gan-serve"]["condition"] == "service_healthy"
     assert [p["target"] for p in nginx["ports"]] == [8080]

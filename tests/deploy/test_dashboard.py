@@ -149,6 +149,14 @@ def test_dashboards_reference_only_metrics_the_service_exports(live_service):
     assert len(referenced) >= 8
     unknown = sorted(n for n in referenced if n not in exported)
     assert not unknown, f"the dashboard queries metrics the service does not export: {unknown}"
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alert_metrics = {
+        name
+        for group in alerts["groups"]
+        for rule in group["rules"]
+        for name in metric_names(str(rule["expr"]))
+    }
+    assert not sorted(alert_metrics - exported - {"up"}), "alerts on unexported metrics"
     # After the traffic above, the plotted series have samples, not just HELP lines.
     sampled = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     for name in (
