@@ -59,6 +59,8 @@ def _session_options(threads: int) -> ort.SessionOptions:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # Idle pool threads sleep instead of spinning: the event loop and encoders share the cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
