@@ -84,3 +84,10 @@ def test_mix_ratio_interleaves_real_samples(service):
     assert all(labels[i] == 99 for i in real_idx) and all(labels[i] < 10 for i in fake_idx)
     assert 0.25 < len(real_idx) / len(seeds) < 0.75
     assert float(images[real_idx].abs().sum()) == 0.0
+
+
+def test_local_source_yields_the_same_stream(service, tiny_store):
+    kwargs = {"num_samples": 10, "base_seed": 42, "return_seed": True}
+    remote = collect(GanDataset(service.url, "tiny", **kwargs), workers=0)
+    local = collect(GanDataset(None, "tiny", local=tiny_store, **kwargs), workers=0)
+    assert torch.equal(remote[0], local[0]) and remote[1:] == local[1:]

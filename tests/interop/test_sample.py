@@ -40,12 +40,13 @@ def test_imagefolder_is_balanced_deterministic_and_resumes(tiny_store: Path, tmp
     (out / "0" / "000000000100.png").unlink()
     stamp = (out / "5" / "000000000105.png").stat().st_mtime_ns
     result = subprocess.run(
-        [sys.executable, "-m", "ganclient", *args, "--seed", "100", "--no-progress"],
+        [sys.executable, "-m", "ganclient", *args, "--seed", "100"],
         capture_output=True,
         text=True,
         check=True,
     )
     assert "wrote 2 images, 23 already there" in result.stdout
+    assert "25/25" in result.stderr  # the progress bar starts at what already exists
     assert victim.read_bytes() == before
     assert (out / "5" / "000000000105.png").stat().st_mtime_ns == stamp
 
