@@ -128,48 +128,65 @@ def _server_side(row: dict[str, Any], means: dict[str, float | None]) -> None:
 def measure_system(
     system: RunningSystem, model: BenchModel, plan: Plan, ctx: Context, ceiling: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Closed loops at each concurrency for each workload, then open loops for single images."""
+    """Single images in closed loops, then in open loops, then bulk in closed loops (the
+    heaviest last), each run starting from an idle server."""
     rows: list[dict[str, Any]] = []
     seed_base = 1_000_000
-    for workload in system.workloads.values():
-        check_answer(system, workload)
-        run_wrk(system.url, workload, 8, plan.warmup_seconds, ctx.client_cpus, plan.timeout_s)
-        levels = plan.concurrency if workload.name == "single" else plan.bulk_concurrency
-        for connections in levels:
-            seed_base += 10_000_000
-            before = system.histogram_totals()
+    single = system.workloads.get("single")
+    bulk = system.workloads.get("bulk")
+    plan_runs: list[tuple[Workload, str, float]] = []
+    if single is not None:
+        plan_runs += [(single, "closed", c) for c in plan.concurrency]
+        plan_runs += [(single, "open", f) for f in plan.open_fractions]
+    if bulk is not None:
+        plan_runs += [(bulk, "closed", c) for c in plan.bulk_concurrency]
+    warmed: set[str] = set()
+    for workload, mode, level in plan_runs:
+        if workload.name not in warmed:
+            check_answer(system, workload)
+            run_wrk(system.url, workload, 8, plan.warmup_seconds, ctx.client_cpus, plan.timeout_s)
+            warmed.add(workload.name)
+        settle(system, workload, plan.timeout_s)
+        seed_base += 10_000_000
+        before = system.histogram_totals()
+        if mode == "closed":
             row = run_wrk(
                 system.url,
                 workload,
-                connections,
+                int(level),
                 plan.seconds,
                 ctx.client_cpus,
                 plan.timeout_s,
                 seed_base,
             )
-            _server_side(row, histogram_means(before, system.histogram_totals()))
-            if system.name == "naive":
-                row["avg_batch"] = float(workload.images_per_request)  # one run per request
-            rows.append({"system": system.name, "workload": workload.name, **row})
-            ctx.log(_line(system.name, workload.name, row))
-    single = system.workloads.get("single")
-    for fraction in plan.open_fractions if single else ():
-        seed_base += 10_000_000
-        rate = fraction * ceiling["single_images_per_s"]
-        before = system.histogram_totals()
-        row = run_open_loop(
-            system.url,
-            single,
-            rate,
-            plan.seconds,
-            timeout_s=plan.timeout_s,
-            seed_base=seed_base,
-        )
+        else:
+            row = run_open_loop(
+                system.url,
+                workload,
+                level * ceiling["single_images_per_s"],
+                plan.seconds,
+                timeout_s=plan.timeout_s,
+                seed_base=seed_base,
+            )
+            row["rate_fraction_of_ceiling"] = level
         _server_side(row, histogram_means(before, system.histogram_totals()))
-        row["rate_fraction_of_ceiling"] = fraction
-        rows.append({"system": system.name, "workload": "single", **row})
-        ctx.log(_line(system.name, "single", row))
+        if system.name == "naive":
+            row["avg_batch"] = float(workload.images_per_request)  # one run per request
+        rows.append({"system": system.name, "workload": workload.name, **row})
+        ctx.log(_line(system.name, workload.name, row))
     return rows
+
+
+def settle(system: RunningSystem, workload: Workload, timeout_s: float) -> None:
+    """Wait for work left over from the previous run (abandoned by the client but still
+    computing) to finish: one request of the workload must come back, within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            check_answer(system, workload)
+            return
+        except (OSError, RuntimeError):
+            time.sleep(0.2)
 
 
 def _line(system: str, workload: str, row: dict[str, Any]) -> str:

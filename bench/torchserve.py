@@ -1,0 +1,105 @@
+"""TorchServe 0.12 on the same ONNX generator: a small grid of workers, batch size and delay,
+then the best configuration under the same load as every other system."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import run_wrk
+from bench.models import BenchModel
+from bench.systems import RunningSystem, torchserve_workloads
+
+
+@contextlib.contextmanager
+def pinned_children(cpus: str) -> Iterator[None]:
+    """Processes started inside inherit ``cpus`` (TorchServe's JVM and its Python workers)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def build_archive(model: BenchModel, work: Path) -> Path:
+    """The .mar for the model under test, built once per model version and checksum."""
+    from training.torchserve_archive import build_mar
+
+    sha = model.manifest.artifact.sha256[:12]
+    target = work / "mar" / f"{model.name}-{model.manifest.version}-{sha}" / f"{model.name}.mar"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        build_mar(model.version_dir, target)
+    return target
+
+
+@contextlib.contextmanager
+def start_torchserve(
+    model: BenchModel, mar: Path, workers: int, batch_size: int, delay_ms: int, ctx: Any
+) -> Iterator[RunningSystem]:
+    from training.torchserve_runner import TorchServeProcess
+
+    config = {"workers": workers, "batch_size": batch_size, "max_batch_delay_ms": delay_ms}
+    with pinned_children(ctx.server_cpus):
+        server = TorchServeProcess(
+            mar,
+            model_name=model.name,
+            workers=workers,
+            batch_size=batch_size,
+            max_batch_delay_ms=delay_ms,
+            log_dir=ctx.logs / f"torchserve-{model.name}-{workers}-{batch_size}-{delay_ms}",
+        )
+        server.__enter__()
+    try:
+        url = server.inference_url.rstrip("/")
+        yield RunningSystem("torchserve", url, torchserve_workloads(model), config)
+    finally:
+        server.__exit__(None, None, None)
+
+
+def bench_torchserve(
+    model: BenchModel, plan: Any, ctx: Any, ceiling: dict[str, Any], service_cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """Try each grid configuration briefly at one concurrency; run the best one in full."""
+    from bench.run import check_answer, measure_system
+
+    mar = build_archive(model, ctx.work)
+    grid_configs = list(plan.torchserve_grid)
+    if service_cfg:  # the service's own batching comes first, whatever the plan says
+        same = (1, int(service_cfg["max_batch_size"]), round(service_cfg["max_batch_delay_ms"]))
+        grid_configs = [same] + [c for c in grid_configs[1:] if c != same]
+    grid: list[dict[str, Any]] = []
+    for workers, batch, delay in grid_configs:
+        ctx.log(f"[{model.name}] torchserve workers={workers} batch={batch} delay={delay}ms")
+        with start_torchserve(model, mar, workers, batch, delay, ctx) as system:
+            single = system.workloads["single"]
+            check_answer(system, single)
+            run_wrk(system.url, single, 8, plan.warmup_seconds, ctx.client_cpus, plan.timeout_s)
+            row = run_wrk(
+                system.url,
+                single,
+                plan.torchserve_grid_concurrency,
+                plan.torchserve_grid_seconds,
+                ctx.client_cpus,
+                plan.timeout_s,
+            )
+        grid.append({**system.config, **row})
+    usable = [g for g in grid if g["errors"] == 0] or grid
+    best = max(usable, key=lambda g: g["images_per_s"])
+    config = {k: best[k] for k in ("workers", "batch_size", "max_batch_delay_ms")}
+    ctx.log(f"[{model.name}] torchserve best {config}")
+    with start_torchserve(model, mar, **_args(config), ctx=ctx) as system:
+        runs = measure_system(system, model, plan, ctx, ceiling)
+    return {"grid": grid, "best": config, "runs": runs}
+
+
+def _args(config: dict[str, Any]) -> dict[str, int]:
+    return {
+        "workers": config["workers"],
+        "batch_size": config["batch_size"],
+        "delay_ms": config["max_batch_delay_ms"],
+    }
