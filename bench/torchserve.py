@@ -73,7 +73,7 @@ def bench_torchserve(
         same = (1, int(service_cfg["max_batch_size"]), round(service_cfg["max_batch_delay_ms"]))
         grid_configs = [same] + [c for c in grid_configs[1:] if c != same]
     grid: list[dict[str, Any]] = []
-    for workers, batch, delay in grid_configs:
+    for workers, batch, delay in grid_configs if len(grid_configs) > 1 else ():
         ctx.log(f"[{model.name}] torchserve workers={workers} batch={batch} delay={delay}ms")
         with start_torchserve(model, mar, workers, batch, delay, ctx) as system:
             single = system.workloads["single"]
@@ -88,9 +88,13 @@ def bench_torchserve(
                 plan.timeout_s,
             )
         grid.append({**system.config, **row})
-    usable = [g for g in grid if g["errors"] == 0] or grid
-    best = max(usable, key=lambda g: g["images_per_s"])
-    config = {k: best[k] for k in ("workers", "batch_size", "max_batch_delay_ms")}
+    if grid:
+        usable = [g for g in grid if g["errors"] == 0] or grid
+        best = max(usable, key=lambda g: g["images_per_s"])
+        config = {k: best[k] for k in ("workers", "batch_size", "max_batch_delay_ms")}
+    else:  # one configuration: no search, straight to the full runs
+        workers, batch, delay = grid_configs[0]
+        config = {"workers": workers, "batch_size": batch, "max_batch_delay_ms": delay}
     ctx.log(f"[{model.name}] torchserve best {config}")
     with start_torchserve(model, mar, **_args(config), ctx=ctx) as system:
         runs = measure_system(system, model, plan, ctx, ceiling)
