@@ -120,7 +120,11 @@ def test_pods_are_hardened_and_sized(variant):
     resources = container["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"]) and set(resources["limits"])
     env = {e["name"]: e["value"] for e in container["env"]}
-    drain = float(env["GAN_SERVE_DRAIN_GRACE_S"]) + float(env["GAN_SERVE_DRAIN_TIMEOUT_S"])
+    # The service refuses new work once SIGTERM arrives, so the pod must leave the endpoints
+    # first (preStop), and the kubelet must not SIGKILL it mid-drain.
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and float(pre_stop[1]) >= 3
+    drain = float(pre_stop[1]) + float(env["GAN_SERVE_DRAIN_TIMEOUT_S"])
     assert pod["terminationGracePeriodSeconds"] > drain, "the kubelet must not kill a drain"
     strategy = deployment["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxUnavailable"] == 0
