@@ -75,6 +75,24 @@ def test_tritonclient_round_trip(tc, expected, binary_in, binary_out):
     assert ("parameters" in response["outputs"][0]) is binary_out
 
 
+def images_generated(service, model: str) -> float:
+    prefix = f'gan_serve_images_generated_total{{model="{model}"}}'
+    rows = [
+        r for r in httpx.get(f"{service.url}/metrics").text.splitlines() if r.startswith(prefix)
+    ]
+    return float(rows[0].split()[-1]) if rows else 0.0
+
+
+def test_infer_goes_through_the_models_batcher(tc, service, expected):
+    z, labels, _ = expected
+    before = images_generated(service, "tiny")
+    inputs = [triton.InferInput("z", [5, NZ], "FP32"), triton.InferInput("label", [5], "INT64")]
+    inputs[0].set_data_from_numpy(z[:5])
+    inputs[1].set_data_from_numpy(labels[:5])
+    tc.infer("tiny", inputs)
+    assert images_generated(service, "tiny") == before + 5
+
+
 def test_tritonclient_default_outputs_are_binary_and_versioned_path(tc, expected):
     z, labels, images = expected
     inputs = [triton.InferInput("z", [2, NZ], "FP32"), triton.InferInput("label", [2], "INT64")]
