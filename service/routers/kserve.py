@@ -179,7 +179,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         json_part, tail = body[:length], body[length:]
     try:
         header = json.loads(json_part)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise V2Error(400, f"request JSON is invalid: {exc}") from None
     if not isinstance(header, dict):
         raise V2Error(400, "request JSON must be an object")
@@ -199,7 +199,10 @@ def _json_values(data: Any, datatype: str, field: str) -> np.ndarray:
     if not isinstance(data, list):
         raise V2Error(400, f"{field}.data must be an array")
     flat: list[Any] = []
-    _flatten(data, flat, field)
+    try:
+        _flatten(data, flat, field)
+    except RecursionError:
+        raise V2Error(400, f"{field}.data is nested too deeply") from None
     if datatype.startswith("FP"):
         ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat)
         kind = "numbers"

@@ -205,6 +205,7 @@ def test_bad_binary_requests_and_unknown_model(service):
         (_binary(good, NZ * 4, header_len="99999"), 400, "but the body has"),
         ((b"{not json", {}), 400, "request JSON is invalid"),
         ((b"[]", {}), 400, "must be an object"),
+        ((b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}), 400, "invalid"),
     ]
     for (content, headers), status, message in cases:
         r = httpx.post(url, content=content, headers=headers)
