@@ -179,3 +179,16 @@ def test_prometheus_scrapes_the_service_under_load(tmp_path) -> None:
                 proc.kill()
                 proc.wait(5)
             log.close()
+
+
+def test_model_store_default(tmp_path, monkeypatch) -> None:
+    from service.settings import PACKAGE_STORE, Settings
+
+    monkeypatch.delenv("GAN_SERVE_MODEL_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert Settings().resolved_model_store() == PACKAGE_STORE
+    assert PACKAGE_STORE == Path(__file__).resolve().parents[2] / "model_store"
+    (tmp_path / "model_store").mkdir()
+    assert Settings().resolved_model_store() == tmp_path / "model_store"
+    monkeypatch.setenv("GAN_SERVE_MODEL_STORE", "/srv/models")
+    assert Settings().resolved_model_store() == Path("/srv/models")
