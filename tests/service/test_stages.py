@@ -338,3 +338,27 @@ def test_inference_runs_off_the_event_loop() -> None:
         assert seen and loop_thread not in seen
 
     run(scenario())
+
+
+def test_with_two_workers_a_free_worker_waits_for_a_fuller_batch() -> None:
+    async def scenario():
+        slow = _SlowEcho()
+        b = LatentBatcher(slow, model="m", max_batch_size=3, max_batch_delay_s=0.4, workers=2)
+        first = asyncio.ensure_future(b.submit(_z([1])))  # idle: starts at once
+        await asyncio.sleep(0.05)
+        assert slow.sizes == [1]
+        second = asyncio.ensure_future(b.submit(_z([2])))
+        await asyncio.sleep(0.05)
+        assert slow.sizes == [1]  # one batch runs: the free worker waits for more images
+        third = asyncio.ensure_future(b.submit(_z([3])))
+        await asyncio.sleep(0.6)  # past the delay: goes with what it has
+        assert slow.sizes == [1, 2]
+        fourth = asyncio.ensure_future(b.submit(_z([4, 5, 6])))  # both workers busy: queued
+        await asyncio.sleep(0.05)
+        slow.release.set()
+        results = await asyncio.gather(first, second, third, fourth)
+        assert [r[:, 0, 0, 0].tolist() for r in results] == [[1], [2], [3], [4, 5, 6]]
+        assert slow.sizes == [1, 2, 3]
+        await b.close()
+
+    run(scenario())
