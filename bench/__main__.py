@@ -26,7 +26,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"model to bench, repeatable: {', '.join(DEFAULT_MODELS)} or a <name>/<version> "
         "directory (default: both; --quick: the first)",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "runs" / "bench" / "results",
+        help="output directory",
+    )
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "bench", help="scratch")
     parser.add_argument(
         "--systems", default=",".join(SYSTEMS), help="subset of " + ",".join(SYSTEMS)

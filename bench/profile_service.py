@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", choices=("single", "bulk"), default="single")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--out", type=Path, default=Path("bench-results/profile"))
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "bench" / "profile")
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "bench")
     args = parser.parse_args(argv)
 
