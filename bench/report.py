@@ -237,7 +237,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 batch_ms = b["batch_ms"] + encode * b["batch_size"]
                 xs.append(b["batch_size"] * 1e3 / batch_ms)
                 ys.append(batch_ms)
-            ax.plot(xs, ys, "--", color=colors["ceiling"], label="ceiling (batch 1..256)")
+            ax.plot(xs, ys, ".--", color=colors["ceiling"], label="ceiling (latency = one batch)")
+            for b, x, y in zip(c["per_batch"], xs, ys, strict=True):
+                ax.annotate(f"b{b['batch_size']}", (x, y), fontsize=7, color="gray")
             for system in ("service", "naive", "torchserve"):
                 rows = [
                     r for r in model["runs"] if r["system"] == system and r["workload"] == workload
