@@ -142,10 +142,11 @@ def _check_n(ctx: ServiceContext, n: int, field: str = "n") -> None:
     summary="Generate n images from seeds or latents",
     responses={200: {"content": {PNG: {}, NPY: {}, "application/json": {}}}},
 )
-async def generate(request: Request, name: str, body: GenerateRequest) -> Response:
+async def generate(request: Request, name: str, body: GenerateRequest | None = None) -> Response:
     ctx = context(request)
     model = get_model(request, name)
     m = model.manifest
+    body = body or GenerateRequest()  # an empty body means one random image
     check_generate(body)
     n = body.count
     _check_n(ctx, n, "latents" if body.latents is not None else "seeds" if body.seeds else "n")

@@ -66,6 +66,10 @@ def test_generate_formats_and_headers(store) -> None:
             trunc = npy(await c.post(GEN, json={"seed": 42, "truncation": 0.3, "format": "npy"}))
             assert not np.array_equal(trunc[0], images[0])
 
+            # no body at all: one random image
+            r = await c.post(GEN)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+
             # random seeds are reported so the image can be reproduced
             r = await c.post(GEN, json={"format": "npy"})
             seed = int(r.headers["x-seeds"])
