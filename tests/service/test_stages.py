@@ -343,15 +343,18 @@ def test_inference_runs_off_the_event_loop() -> None:
 def test_with_two_workers_a_free_worker_waits_for_a_fuller_batch() -> None:
     async def scenario():
         slow = _SlowEcho()
-        b = LatentBatcher(slow, model="m", max_batch_size=3, max_batch_delay_s=0.4, workers=2)
+        b = LatentBatcher(slow, model="m", max_batch_size=3, max_batch_delay_s=1.0, workers=2)
         first = asyncio.ensure_future(b.submit(_z([1])))  # idle: starts at once
-        await asyncio.sleep(0.05)
+        for _ in range(200):
+            if slow.sizes:
+                break
+            await asyncio.sleep(0.01)
         assert slow.sizes == [1]
         second = asyncio.ensure_future(b.submit(_z([2])))
         await asyncio.sleep(0.05)
         assert slow.sizes == [1]  # one batch runs: the free worker waits for more images
         third = asyncio.ensure_future(b.submit(_z([3])))
-        await asyncio.sleep(0.6)  # past the delay: goes with what it has
+        await asyncio.sleep(1.2)  # past the delay: goes with what it has
         assert slow.sizes == [1, 2]
         fourth = asyncio.ensure_future(b.submit(_z([4, 5, 6])))  # both workers busy: queued
         await asyncio.sleep(0.05)
