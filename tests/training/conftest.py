@@ -32,6 +32,7 @@ def tiny_config(out_dir: Path, **overrides: object) -> TrainConfig:
         "device": "cpu",
         "progress": False,
         "seed": 7,
+        "threads": 1,  # tiny ops: a second thread only adds sync overhead
     }
     values.update(overrides)
     return TrainConfig(**values)  # type: ignore[arg-type]
