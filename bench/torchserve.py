@@ -11,6 +11,7 @@ from typing import Any
 
 from bench.loadgen import run_wrk
 from bench.models import BenchModel
+from bench.procs import free_port
 from bench.systems import RunningSystem, torchserve_workloads
 
 
@@ -23,6 +24,21 @@ def pinned_children(cpus: str) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, before)
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for child processes started inside, then restore them."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
 
 
 def build_archive(model: BenchModel, work: Path) -> Path:
@@ -39,26 +55,53 @@ def build_archive(model: BenchModel, work: Path) -> Path:
 
 @contextlib.contextmanager
 def start_torchserve(
-    model: BenchModel, mar: Path, workers: int, batch_size: int, delay_ms: int, ctx: Any
+    model: BenchModel,
+    mar: Path,
+    workers: int,
+    batch_size: int,
+    delay_ms: int,
+    ctx: Any,
+    queue_size: int = 1024,
 ) -> Iterator[RunningSystem]:
+    """TorchServe on loopback with one configuration, on the server cores, with the servers'
+    onnxruntime thread count and a job queue as deep as the service's queue limit."""
     from training.torchserve_runner import TorchServeProcess
 
+    grpc_ports = (free_port(), free_port())
+
+    class BenchTorchServe(TorchServeProcess):
+        """Free gRPC ports too (its defaults clash with any other TorchServe running)."""
+
+        def config_text(self, model_store: Path) -> str:
+            return super().config_text(model_store) + (
+                f"job_queue_size={queue_size}\n"
+                f"grpc_inference_port={grpc_ports[0]}\n"
+                f"grpc_management_port={grpc_ports[1]}\n"
+            )
+
     config = {"workers": workers, "batch_size": batch_size, "max_batch_delay_ms": delay_ms}
-    with pinned_children(ctx.server_cpus):
-        server = TorchServeProcess(
-            mar,
-            model_name=model.name,
-            workers=workers,
-            batch_size=batch_size,
-            max_batch_delay_ms=delay_ms,
-            log_dir=ctx.logs / f"torchserve-{model.name}-{workers}-{batch_size}-{delay_ms}",
-        )
-        server.__enter__()
+    workdir = ctx.logs / f"torchserve-{model.name}-w{workers}-b{batch_size}-d{delay_ms}"
+    server = BenchTorchServe(
+        mar,
+        batch_size=batch_size,
+        max_batch_delay_ms=delay_ms,
+        workers=workers,
+        handler_threads=ctx.threads,
+        workdir=workdir,
+        startup_timeout_s=90.0,
+    )
+    # TorchServe refuses to start while another instance's pid file sits in the temp dir;
+    # a private TMPDIR lets the bench run beside any other TorchServe on the machine.
+    private_tmp = workdir / "tmp"
+    private_tmp.mkdir(parents=True, exist_ok=True)
+    with pinned_children(ctx.server_cpus), environment(TMPDIR=str(private_tmp)):
+        server.start()
     try:
-        url = server.inference_url.rstrip("/")
-        yield RunningSystem("torchserve", url, torchserve_workloads(model), config)
+        system = RunningSystem("torchserve", server.inference_url, torchserve_workloads(model))
+        system.config = {**config, "job_queue_size": queue_size, "threads": ctx.threads}
+        yield system
     finally:
-        server.__exit__(None, None, None)
+        server.stop()
 
 
 def bench_torchserve(
@@ -72,10 +115,11 @@ def bench_torchserve(
     if service_cfg:  # the service's own batching comes first, whatever the plan says
         same = (1, int(service_cfg["max_batch_size"]), round(service_cfg["max_batch_delay_ms"]))
         grid_configs = [same] + [c for c in grid_configs[1:] if c != same]
+    queue = int(service_cfg.get("queue_limit", 1024))
     grid: list[dict[str, Any]] = []
     for workers, batch, delay in grid_configs if len(grid_configs) > 1 else ():
         ctx.log(f"[{model.name}] torchserve workers={workers} batch={batch} delay={delay}ms")
-        with start_torchserve(model, mar, workers, batch, delay, ctx) as system:
+        with start_torchserve(model, mar, workers, batch, delay, ctx, queue) as system:
             single = system.workloads["single"]
             check_answer(system, single)
             run_wrk(system.url, single, 8, plan.warmup_seconds, ctx.client_cpus, plan.timeout_s)
@@ -96,7 +140,8 @@ def bench_torchserve(
         workers, batch, delay = grid_configs[0]
         config = {"workers": workers, "batch_size": batch, "max_batch_delay_ms": delay}
     ctx.log(f"[{model.name}] torchserve best {config}")
-    with start_torchserve(model, mar, **_args(config), ctx=ctx) as system:
+    queue = int(service_cfg.get("queue_limit", 1024))
+    with start_torchserve(model, mar, **_args(config), ctx=ctx, queue_size=queue) as system:
         runs = measure_system(system, model, plan, ctx, ceiling)
     return {"grid": grid, "best": config, "runs": runs}
 
