@@ -62,6 +62,7 @@ class TorchServeProcess:
         response_timeout_s: int = 120,
         startup_timeout_s: float = 180.0,
         handler_threads: int = 0,
+        job_queue_size: int = 100,
         workdir: str | Path | None = None,
     ):
         self.mar_path = Path(mar_path).resolve()
@@ -75,7 +76,9 @@ class TorchServeProcess:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="torchserve-"))
         self.proc: subprocess.Popen[bytes] | None = None
-        ports = [free_port() for _ in range(3)]
+        self.job_queue_size = job_queue_size
+        ports = [free_port() for _ in range(5)]
+        self.grpc_ports = (ports[3], ports[4])
         self.inference_url = f"http://127.0.0.1:{ports[0]}"
         self.management_url = f"http://127.0.0.1:{ports[1]}"
         self.metrics_url = f"http://127.0.0.1:{ports[2]}"
@@ -110,6 +113,12 @@ class TorchServeProcess:
             "inference_address": self.inference_url,
             "management_address": self.management_url,
             "metrics_address": self.metrics_url,
+            # gRPC is unused but always started: loopback and free ports, so instances coexist.
+            "grpc_inference_address": "127.0.0.1",
+            "grpc_management_address": "127.0.0.1",
+            "grpc_inference_port": str(self.grpc_ports[0]),
+            "grpc_management_port": str(self.grpc_ports[1]),
+            "job_queue_size": str(self.job_queue_size),
             "model_store": str(model_store),
             "load_models": self.mar_path.name,
             "models": json.dumps(models),
