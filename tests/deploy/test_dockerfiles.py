@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,29 @@ def test_training_image_installs_the_train_extra():
     runs = " ".join(i.args for i in instructions if i.keyword == "RUN")
     assert ".[train]" in runs
     assert json.loads(stages[-1].all("ENTRYPOINT")[-1].args) == ["gan-train"]
+
+
+def third_party_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in {"service"}}
+
+
+def test_torchserve_image_has_what_the_archive_handler_imports():
+    """The .mar's handler and the contract module it bundles run inside this image."""
+    handler = third_party_imports(ROOT / "training" / "torchserve_handler.py")
+    contract = third_party_imports(ROOT / "service" / "manifest.py")
+    needed = handler | contract
+    assert {"onnxruntime", "numpy"} <= needed, needed
+    instructions, _ = read_dockerfile(DEPLOY / "docker" / "torchserve.Dockerfile")
+    runs = " ".join(i.args for i in instructions if i.keyword == "RUN")
+    installed = {m.lower() for m in re.findall(r'"([A-Za-z][\w-]*)[<>=!~]', runs)}
+    distribution = {"PIL": "pillow", "ts": "torchserve", "yaml": "pyyaml"}
+    provided_by_base = {"torch", "ts"}
+    missing = {distribution.get(n, n).lower() for n in needed - provided_by_base} - installed
+    assert not missing, f"torchserve.Dockerfile does not install {sorted(missing)}"

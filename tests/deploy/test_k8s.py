@@ -4,6 +4,7 @@ required fields, probe real routes of the service app, and agree on ports, names
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -162,19 +163,36 @@ def test_service_hpa_and_pdb_point_at_the_deployment(variant):
 
 def test_kserve_example_serves_the_torchserve_archive():
     (isvc,) = load_all(DEPLOY / "kserve" / "inferenceservice.yaml")
+    (runtime,) = load_all(DEPLOY / "kserve" / "servingruntime.yaml")
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     assert isvc["kind"] == "InferenceService"
+    assert runtime["kind"] == "ServingRuntime"
     model = isvc["spec"]["predictor"]["model"]
-    assert model["modelFormat"]["name"] == "pytorch"
     assert model["storageUri"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    formats = {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["modelFormat"]["name"] in formats
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+
     properties = dict(
         line.split("=", 1)
         for line in (DEPLOY / "kserve" / "config" / "config.properties").read_text().splitlines()
         if line and not line.startswith("#")
     )
+    (container,) = runtime["spec"]["containers"]
+    args = container["args"]
+    assert f"--model-store={properties['model_store']}" in args
+    assert "--ts-config=/mnt/models/config/config.properties" in args
     assert properties["model_store"] == "/mnt/models/model-store"
+
     snapshot = json.loads(properties["model_snapshot"])
+    assert snapshot["modelCount"] == len(snapshot["models"]) == 1
     (name,) = snapshot["models"]
-    (version,) = snapshot["models"][name].values()
+    ((version, entry),) = snapshot["models"][name].items()
     assert name == isvc["metadata"]["name"] == "mnist-cdcgan"
-    assert (ROOT / "model_store" / version["marName"]).is_file(), "the archive must be shipped"
+    mar = ROOT / "model_store" / entry["marName"]
+    assert mar.is_file(), f"{mar} must be shipped"
+    with zipfile.ZipFile(mar) as archive:
+        meta = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    assert meta["model"]["modelName"] == name
+    assert meta["model"]["modelVersion"] == version
