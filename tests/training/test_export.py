@@ -152,3 +152,79 @@ def test_random_generator_is_deterministic_per_seed(tmp_path: Path):
     labels = np.array([2, 5], dtype=np.int64)
     assert np.array_equal(_run(a, z, labels), _run(b, z, labels))
     assert not np.array_equal(_run(a, z, labels), _run(c, z, labels))
+
+
+def _write_checkpoint(path: Path, cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    """A checkpoint in the training loop's format whose EMA weights differ from the raw ones."""
+    from training.train import save_checkpoint
+
+    raw = _generator_with_bn_stats(cfg, seed=1)
+    ema = _generator_with_bn_stats(cfg, seed=2)
+    save_checkpoint(
+        path,
+        {
+            "model_config": cfg.to_dict(),
+            "train_config": {"epochs": 1, "out_dir": "runs/x"},
+            "generator": raw.state_dict(),
+            "generator_ema": ema.state_dict(),
+            "epoch": 1,
+            "step": 10,
+            "class_names": [str(i) for i in range(cfg.num_classes)],
+            "history": [{"epoch": 1, "loss_g": 1.5, "loss_d": 0.9}],
+            "elapsed_s": 12.5,
+        },
+    )
+    return raw, ema
+
+
+def test_export_checkpoint_uses_ema_weights_and_records_training(tmp_path: Path):
+    from training.cli import main
+
+    cfg = ModelConfig(num_classes=10, **TINY)
+    ckpt = tmp_path / "last.pt"
+    raw, ema = _write_checkpoint(ckpt, cfg)
+    assert main(["export", str(ckpt), "--store", str(tmp_path / "store"), "--name", "ck"]) == 0
+    out = tmp_path / "store" / "ck" / "1"
+    m = Manifest.load(out)
+    assert m.training["weights"] == "ema" and m.training["epochs"] == 1
+    assert m.training["elapsed_s"] == 12.5
+    assert m.training["train_config"]["out_dir"] == "runs/x"
+    z = latents_from_seeds([1, 2, 3], cfg.nz)
+    labels = np.array([0, 4, 9], dtype=np.int64)
+    with torch.no_grad():
+        expected = tanh_to_uint8(ema(torch.from_numpy(z), torch.from_numpy(labels))).numpy()
+        raw_px = tanh_to_uint8(raw(torch.from_numpy(z), torch.from_numpy(labels))).numpy()
+    got = _run(out, z, labels)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    assert np.abs(got.astype(int) - raw_px.astype(int)).max() > 1
+
+
+@pytest.mark.slow
+def test_ship_from_checkpoint_exports_evaluates_and_archives(tmp_path: Path):
+    from training.cli import main
+    from training.ship import ship
+    from training.torchserve_archive import mar_contents
+
+    assert main(["ship", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    cfg = ModelConfig(num_classes=10, image_size=32, ngf=8, nz=16, embed_dim=4)
+    ckpt = tmp_path / "last.pt"
+    _write_checkpoint(ckpt, cfg)
+    store = tmp_path / "store"
+    version_dir, result = ship(
+        store=store,
+        name="tiny-ship",
+        checkpoint=ckpt,
+        train_command="gan-train train --epochs 1",
+        train_wall_time_s=12.34,
+        samples=500,
+        fid_samples=200,
+        cas_samples=200,
+    )
+    assert version_dir == store / "tiny-ship" / "1"
+    m = Manifest.load(version_dir)
+    m.verify_artifact(version_dir)
+    assert m.training["command"] == "gan-train train --epochs 1"
+    assert m.training["wall_time_s"] == 12.3
+    assert m.evaluation == result and result["meets_targets"] is False
+    assert (version_dir / "report.md").is_file() and (version_dir / "samples.png").is_file()
+    assert "generator.onnx" in mar_contents(store / "tiny-ship.mar")

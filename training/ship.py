@@ -1,0 +1,135 @@
+"""``gan-train ship``: the whole pipeline behind the shipped model.
+
+train (the shipped configuration) -> export to ``model_store/<name>/<version>`` -> evaluate
+against held-out real digits -> ``model_store/<name>.mar``. With ``--checkpoint`` the
+training step is skipped and an existing checkpoint is shipped instead.
+
+Exit status: 0 when the model meets the targets (conditional accuracy >= 95%, CAS >= 90%
+of the real-trained accuracy), 1 when it was shipped but misses them, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from training.evaluate import evaluate_generator, render_report
+from training.export import export_checkpoint
+from training.torchserve_archive import build_mar
+
+DEFAULT_NAME = "mnist-cdcgan"
+
+
+def ship(
+    *,
+    store: str | Path = "model_store",
+    name: str = DEFAULT_NAME,
+    version: int | None = None,
+    checkpoint: str | Path | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    train_command: str | None = None,
+    train_wall_time_s: float | None = None,
+    samples: int = 5000,
+    fid_samples: int = 1000,
+    cas_samples: int = 4000,
+    build_archive: bool = True,
+) -> tuple[Path, dict[str, Any]]:
+    """Run the pipeline; returns (version directory, evaluation figures)."""
+    provenance: dict[str, Any] = {}
+    if checkpoint is None:
+        from training.train import TrainConfig, train
+
+        cfg = TrainConfig(**(train_overrides or {}))
+        started = time.perf_counter()
+        checkpoint = train(cfg)
+        train_wall_time_s = time.perf_counter() - started
+        train_command = train_command or "gan-train ship"
+    if train_command:
+        provenance["command"] = train_command
+    if train_wall_time_s is not None:
+        provenance["wall_time_s"] = round(float(train_wall_time_s), 1)
+    version_dir = export_checkpoint(
+        checkpoint,
+        store,
+        name,
+        version=version,
+        description="Class-conditional DCGAN generator of 32x32 MNIST digits (labels 0-9)",
+        extra_training=provenance,
+    )
+    result = evaluate_generator(
+        version_dir, samples=samples, fid_samples=fid_samples, cas_samples=cas_samples
+    )
+    if build_archive:
+        build_mar(version_dir, Path(store) / f"{name}.mar")
+    return version_dir, result
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="ship this checkpoint; skip training"
+    )
+    parser.add_argument("--store", type=Path, default=Path("model_store"), help="model store")
+    parser.add_argument("--name", default=DEFAULT_NAME, help="model name in the store")
+    parser.add_argument("--version", type=int, default=None, help="default: next free version")
+    parser.add_argument("--out-dir", default=None, help="training run folder")
+    parser.add_argument("--epochs", type=int, default=None, help="override the shipped epochs")
+    parser.add_argument("--seed", type=int, default=None, help="override the training seed")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    parser.add_argument(
+        "--train-command", default=None, help="with --checkpoint: the command that trained it"
+    )
+    parser.add_argument(
+        "--train-wall-time", type=float, default=None, help="with --checkpoint: its training time"
+    )
+    parser.add_argument("--samples", type=int, default=5000, help="images for accuracy")
+    parser.add_argument("--fid-samples", type=int, default=1000, help="images per Fréchet set")
+    parser.add_argument("--cas-samples", type=int, default=4000, help="generated CAS training set")
+    parser.add_argument("--no-mar", action="store_true", help="skip the TorchServe archive")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {
+        key: value
+        for key, value in {
+            "out_dir": args.out_dir,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "device": args.device,
+        }.items()
+        if value is not None
+    }
+    if args.checkpoint is not None and overrides:
+        print("gan-train ship: training options do not apply with --checkpoint", file=sys.stderr)
+        return 2
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        print(f"gan-train ship: checkpoint {args.checkpoint} does not exist", file=sys.stderr)
+        return 2
+    version_dir, result = ship(
+        store=args.store,
+        name=args.name,
+        version=args.version,
+        checkpoint=args.checkpoint,
+        train_overrides=overrides,
+        train_command=(
+            args.train_command
+            if args.checkpoint is not None
+            else "gan-train " + shlex.join(sys.argv[1:])
+        ),
+        train_wall_time_s=args.train_wall_time,
+        samples=args.samples,
+        fid_samples=args.fid_samples,
+        cas_samples=args.cas_samples,
+        build_archive=not args.no_mar,
+    )
+    from service.manifest import Manifest
+
+    print(render_report(Manifest.load(version_dir), result))
+    print(f"shipped {version_dir}")
+    if not result.get("meets_targets", False):
+        print("gan-train ship: the model misses the targets (see the report)", file=sys.stderr)
+        return 1
+    return 0
