@@ -166,6 +166,11 @@ class LatentBatcher:
             finished = True
         except asyncio.TimeoutError:
             finished = False
+            while self._queue:  # never leave a caller waiting on a stopped batcher
+                job = self._queue.popleft()
+                if not job.future.done():
+                    job.future.set_exception(BatcherClosed(f"{self.model}: closed while queued"))
+            self._queued = 0
         if self._task is not None:
             self._task.cancel()
         self._executor.shutdown(wait=False)

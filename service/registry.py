@@ -198,21 +198,29 @@ class ModelRegistry:
         """Poll the store; load a model's new highest version (or a new model) when it appears."""
         while not self._watch_stop.wait(self.settings.watch_interval_s):
             for name in self.store_names():
-                versions = self.versions_on_disk(name)
-                newest = max(versions)
-                current = self.models.get(name)
-                if current is not None and current.version >= newest:
-                    continue
-                stamp = (newest, (versions[newest] / "manifest.json").stat().st_mtime)
-                if self._watch_failed.get(name) == stamp:
-                    continue  # already refused; wait for the files to change
-                future = asyncio.run_coroutine_threadsafe(self.reload(name, newest), self._loop)
                 try:
-                    future.result()
-                    self._watch_failed.pop(name, None)
-                except Exception as exc:
-                    self._watch_failed[name] = stamp
-                    log.error("watch: %s v%d refused: %s", name, newest, exc)
+                    self._watch_one(name)
+                except Exception:  # files moving under us: try again next round
+                    log.exception("watch: checking %s failed", name)
+
+    def _watch_one(self, name: str) -> None:
+        versions = self.versions_on_disk(name)
+        if not versions:
+            return
+        newest = max(versions)
+        current = self.models.get(name)
+        if current is not None and current.version >= newest:
+            return
+        stamp = (newest, (versions[newest] / "manifest.json").stat().st_mtime)
+        if self._watch_failed.get(name) == stamp:
+            return  # already refused; wait for the files to change
+        future = asyncio.run_coroutine_threadsafe(self.reload(name, newest), self._loop)
+        try:
+            future.result()
+            self._watch_failed.pop(name, None)
+        except Exception as exc:
+            self._watch_failed[name] = stamp
+            log.error("watch: %s v%d refused: %s", name, newest, exc)
 
     # --- shutdown -----------------------------------------------------------------------
 

@@ -365,3 +365,20 @@ def test_with_two_workers_a_free_worker_waits_for_a_fuller_batch() -> None:
         await b.close()
 
     run(scenario())
+
+
+def test_close_timeout_fails_queued_requests_instead_of_leaving_them_waiting() -> None:
+    async def scenario():
+        slow = _SlowEcho()
+        b = LatentBatcher(slow, model="m", max_batch_size=1)
+        running = asyncio.ensure_future(b.submit(_z([1])))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(b.submit(_z([2])))
+        await asyncio.sleep(0.01)
+        assert await b.close(timeout=0.1) is False
+        with pytest.raises(BatcherClosed):
+            await queued
+        slow.release.set()
+        await running
+
+    run(scenario())
