@@ -99,9 +99,12 @@ def install_error_handlers(app: FastAPI, on_bad_request: Any = None) -> None:
         return _validation_response(request, exc)
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
-            exc.status_code, "http_error"
-        )
+        code = {
+            400: "malformed_json",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "body_too_large",
+        }.get(exc.status_code, "http_error")
         field = "body" if exc.status_code in (400, 413) else None
         return error_response(
             exc.status_code, code, str(exc.detail), field, getattr(exc, "headers", None)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from .errors import bad_input
 from .manifest import MAX_SEED
 
-Label = int | str
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# Strict ints: JSON true/false must not pass as 1/0 for a seed, count or label.
+Label = StrictInt | str
+Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -20,10 +21,10 @@ class GenerateRequest(BaseModel):
 
     model_config = _STRICT
 
-    n: int | None = Field(
+    n: StrictInt | None = Field(
         default=None, ge=1, description="images; default 1, or the number of seeds/latents given"
     )
-    seed: int | None = Field(
+    seed: Seed | None = Field(
         default=None, ge=0, le=MAX_SEED, description="image i uses seed + i; random if omitted"
     )
     seeds: list[Seed] | None = Field(
@@ -61,7 +62,7 @@ class InterpolateRequest(BaseModel):
 
     seeds: list[Seed] | None = Field(default=None, min_length=2, max_length=2)
     latents: list[list[float]] | None = Field(default=None, min_length=2, max_length=2)
-    steps: int = Field(default=8, ge=2, description="images including both ends")
+    steps: StrictInt = Field(default=8, ge=2, description="images including both ends")
     method: Literal["lerp", "slerp"] = "slerp"
     label: Label | None = Field(default=None, description="class for every frame")
     truncation: float | None = Field(default=None, ge=0.0, le=1.0)

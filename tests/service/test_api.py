@@ -173,6 +173,9 @@ BAD_INPUTS = [
     (b'{"format": "gif"}', 422, "format"),
     (b'{"colour": "red"}', 422, "colour"),
     (b"[1, 2]", 422, "body"),
+    (b"[" * 2000 + b"]" * 2000, 400, "body"),
+    (b'{"seed": true}', 422, "seed"),
+    (b'{"n": 1.5}', 422, "n"),
 ]
 
 
