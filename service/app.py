@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from . import __name__ as _package
 from .context import ServiceContext
 from .errors import install_error_handlers
 from .lifecycle import Lifecycle
@@ -22,6 +21,7 @@ from .settings import Settings
 
 log = logging.getLogger("gan_serve")
 
+ROUTERS_PACKAGE = f"{__package__}.routers"
 CORE_ROUTERS = ("health", "models", "generate", "admin")
 # Routers other parts of the project add; included when their module exists.
 OPTIONAL_ROUTERS = ("kserve", "playground")
@@ -73,12 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
     )
     for name in CORE_ROUTERS:
-        app.include_router(importlib.import_module(f"{_package}.routers.{name}").router)
+        app.include_router(importlib.import_module(f"{ROUTERS_PACKAGE}.{name}").router)
     for name in OPTIONAL_ROUTERS:
         try:
-            module = importlib.import_module(f"{_package}.routers.{name}")
+            module = importlib.import_module(f"{ROUTERS_PACKAGE}.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"{_package}.routers.{name}":
+            if exc.name != f"{ROUTERS_PACKAGE}.{name}":
                 raise
             continue
         app.include_router(module.router)
