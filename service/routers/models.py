@@ -33,9 +33,14 @@ def model_info(model: LoadedModel, registry: ModelRegistry) -> dict:
 
 
 def get_model(request: Request, name: str) -> LoadedModel:
+    registry = context(request).registry
     try:
-        return context(request).registry.get(name)
+        return registry.get(name)
     except KeyError:
+        if registry.state == "loading":
+            raise ApiError(
+                503, "loading", "models are still loading", None, {"Retry-After": "1"}
+            ) from None
         raise ApiError(404, "model_not_found", f"no model named {name!r}", "name") from None
 
 

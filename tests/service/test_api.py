@@ -401,3 +401,42 @@ def test_readiness_follows_loading_and_draining(store, tmp_path) -> None:
                 assert r.status_code == 503 and r.json()["status"] == "no_models"
 
     run(no_models())
+
+
+def test_not_ready_until_warm_up_finishes(store, monkeypatch) -> None:
+    import threading
+
+    import httpx
+
+    from service.app import create_app
+    from service.runtime import GeneratorRuntime
+    from service.settings import Settings
+
+    release = threading.Event()
+    warmed: list[list[int]] = []
+    original = GeneratorRuntime.warmup
+
+    def slow_warmup(self):
+        release.wait(10)
+        warmed.append(list(self.batch_sizes))
+        original(self)
+
+    monkeypatch.setattr(GeneratorRuntime, "warmup", slow_warmup)
+
+    async def scenario():
+        app = create_app(Settings(model_store=store, max_batch_size=6))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                assert (await c.get("/healthz")).status_code == 200
+                r = await c.get("/readyz")
+                assert r.status_code == 503 and r.json()["status"] == "loading"
+                r = await c.post(GEN, json={"seed": 1})
+                assert r.status_code == 503 and r.json()["error"]["code"] == "loading"
+                assert r.headers["retry-after"] == "1"
+                release.set()
+                await app.state.loading
+                assert (await c.get("/readyz")).status_code == 200
+                assert warmed == [[1, 2, 3, 4, 5, 6]]  # every batch size the batcher uses
+
+    run(scenario())
