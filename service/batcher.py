@@ -170,12 +170,10 @@ class LatentBatcher:
                 job = self._queue.popleft()
                 if not job.future.done():
                     job.future.set_exception(BatcherClosed(f"{self.model}: closed while queued"))
-            self._queued = 0
+            self._add_queued(-self._queued)
         if self._task is not None:
             self._task.cancel()
         self._executor.shutdown(wait=False)
-        if self.metrics is not None:
-            self.metrics.queue_depth.labels(model=self.model).set(0)
         return finished
 
     async def wait_idle(self) -> None:
