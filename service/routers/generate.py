@@ -115,16 +115,39 @@ async def _encode(ctx: ServiceContext, fmt: str, fn: Callable[[], bytes]) -> byt
     return body
 
 
+# Proxies refuse large response headers (nginx: 4 KiB by default), so long lists are left out;
+# the seeds of a request without explicit seeds are always one range, which stays short.
+MAX_LIST_HEADER = 1024
+
+
+def seed_ranges(seeds: list[int]) -> str:
+    """``[5, 6, 7, 9]`` -> ``"5-7,9"``: runs of consecutive seeds as inclusive ranges."""
+    parts: list[str] = []
+    start = prev = seeds[0]
+    for seed in [*seeds[1:], None]:
+        if seed is not None and seed == prev + 1:
+            prev = seed
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if seed is not None:
+            start = prev = seed
+    return ",".join(parts)
+
+
 def _headers(model: LoadedModel, seeds: list[int] | None, labels: np.ndarray | None) -> dict:
     headers = {
         "X-Model-Name": model.name,
         "X-Model-Version": str(model.version),
         "X-Provider": model.provider,
     }
-    if seeds is not None:
-        headers["X-Seeds"] = ",".join(map(str, seeds))
+    if seeds:
+        text = seed_ranges(seeds)
+        if len(text) <= MAX_LIST_HEADER:
+            headers["X-Seeds"] = text
     if labels is not None:
-        headers["X-Labels"] = ",".join(map(str, labels.tolist()))
+        text = ",".join(map(str, labels.tolist()))
+        if len(text) <= MAX_LIST_HEADER:
+            headers["X-Labels"] = text
     return headers
 
 

@@ -40,6 +40,7 @@ def test_generate_formats_and_headers(store) -> None:
             np.testing.assert_array_equal(images[0, :, :, 0], single)
 
             r = await c.post(GEN, json={"seed": 42, "n": 3, "format": "png"})
+            assert r.headers["x-seeds"] == "42-44" and r.headers["x-labels"] == "2,3,4"
             pngs = r.json()
             assert len(pngs) == 3
             import base64
@@ -69,6 +70,15 @@ def test_generate_formats_and_headers(store) -> None:
             # no body at all: one random image
             r = await c.post(GEN)
             assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+
+            # headers stay small enough for proxies, whatever n is
+            r = await c.post(GEN, json={"n": 256, "format": "npy"})
+            first, last = map(int, r.headers["x-seeds"].split("-"))
+            assert last - first == 255
+            assert sum(len(k) + len(v) for k, v in r.headers.items()) < 4096
+            many = list(range(10**17, 10**17 + 512, 2))
+            r = await c.post(GEN, json={"seeds": many, "format": "npy"})
+            assert r.status_code == 200 and "x-seeds" not in r.headers
 
             # random seeds are reported so the image can be reproduced
             r = await c.post(GEN, json={"format": "npy"})

@@ -382,3 +382,11 @@ def test_close_timeout_fails_queued_requests_instead_of_leaving_them_waiting() -
         await running
 
     run(scenario())
+
+
+def test_seed_ranges_header_text() -> None:
+    from service.routers.generate import seed_ranges
+
+    assert seed_ranges([42]) == "42"
+    assert seed_ranges([5, 6, 7, 9, 11, 12]) == "5-7,9,11-12"
+    assert seed_ranges([3, 2]) == "3,2"
