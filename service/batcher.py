@@ -293,8 +293,8 @@ class LatentBatcher:
 
     def _add_queued(self, delta: int) -> None:
         self._queued += delta
-        if self.metrics is not None:
-            self.metrics.queue_depth.labels(model=self.model).set(self._queued)
+        if self.metrics is not None:  # inc, not set: several batchers may serve one model
+            self.metrics.queue_depth.labels(model=self.model).inc(delta)
 
     def _refuse(self, reason: str) -> None:
         if self.metrics is not None:

@@ -10,6 +10,7 @@ serving version untouched.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -62,6 +63,10 @@ class ModelRegistry:
         self.settings = settings
         self.metrics = metrics
         self.models: dict[str, LoadedModel] = {}
+        # Older versions asked for by number, least recently used first.
+        self.pinned: collections.OrderedDict[tuple[str, int], LoadedModel] = (
+            collections.OrderedDict()
+        )
         self.state = "loading"  # loading | ready | failed
         self.load_errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -91,7 +96,49 @@ class ModelRegistry:
         return version_dirs(self.store / name)
 
     def idle(self) -> bool:
-        return all(m.batcher.idle for m in self.models.values())
+        loaded = [*self.models.values(), *self.pinned.values()]
+        return all(m.batcher.idle for m in loaded)
+
+    def loaded_versions(self, name: str) -> list[int]:
+        pinned = [v for (n, v) in self.pinned if n == name]
+        serving = [self.models[name].version] if name in self.models else []
+        return sorted({*serving, *pinned})
+
+    async def get_version(self, name: str, version: int) -> LoadedModel:
+        """The serving version, or another version loaded beside it on first use (LRU-bounded
+        by ``max_pinned_versions``); raises ModelNotFound or ReloadRefused."""
+        current = self.get(name)
+        if current.version == version:
+            return current
+        key = (name, version)
+        if key in self.pinned:
+            self.pinned.move_to_end(key)
+            return self.pinned[key]
+        if self.settings.max_pinned_versions == 0:
+            raise ReloadRefused(
+                f"only the default version {current.version} of {name} is served",
+                "version_not_loaded",
+            )
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if key in self.pinned:
+                return self.pinned[key]
+            directory = self.versions_on_disk(name).get(version)
+            if directory is None:
+                raise ReloadRefused(f"{name} has no version {version}", "version_not_found")
+            loaded = await asyncio.to_thread(self._load_version, name, version, directory)
+            loaded.batcher.start()
+            self.pinned[key] = loaded
+            while len(self.pinned) > self.settings.max_pinned_versions:
+                _, evicted = self.pinned.popitem(last=False)
+                self._retire(evicted)
+            log.info("%s v%d loaded beside v%d", name, version, current.version)
+            return loaded
+
+    def _retire(self, model: LoadedModel) -> None:
+        """Close a batcher once its queued work is done, without waiting for it here."""
+        task = asyncio.get_running_loop().create_task(model.batcher.close())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     # --- loading ------------------------------------------------------------------------
 
@@ -134,9 +181,10 @@ class ModelRegistry:
             self.load_errors.pop(name, None)
             self.metrics.set_model_info(name, loaded.version, loaded.provider)
             if previous is not None:
-                task = asyncio.get_running_loop().create_task(previous.batcher.close())
-                self._retired.add(task)
-                task.add_done_callback(self._retired.discard)
+                self._retire(previous)
+            stale = self.pinned.pop((name, version), None)  # now the default itself
+            if stale is not None:
+                self._retire(stale)
             log.info(
                 "%s v%d serving on %s (was %s)",
                 name,
@@ -226,6 +274,5 @@ class ModelRegistry:
 
     async def close(self, timeout: float = 10.0) -> None:
         self._watch_stop.set()
-        await asyncio.gather(
-            *(m.batcher.close(timeout) for m in self.models.values()), *self._retired
-        )
+        loaded = [*self.models.values(), *self.pinned.values()]
+        await asyncio.gather(*(m.batcher.close(timeout) for m in loaded), *self._retired)

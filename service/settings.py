@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     )
     cuda_graphs: bool = Field(default=False, description="capture CUDA graphs per bucket")
 
+    max_pinned_versions: int = Field(
+        default=2,
+        ge=0,
+        description="older versions kept loaded for /versions/{v}/ requests; 0 = only the default",
+    )
+
     # Requests.
     max_images_per_request: int = Field(default=256, ge=1)
     max_interpolation_steps: int = Field(default=64, ge=2)

@@ -10,10 +10,11 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from .. import encode
 from ..batcher import BatcherClosed, DeadlineExceeded, QueueFull
@@ -29,7 +30,7 @@ from ..latents import (
     truncate,
 )
 from ..manifest import MAX_SEED
-from ..registry import LoadedModel
+from ..registry import LoadedModel, ReloadRefused
 from ..schemas import GenerateRequest, InterpolateRequest, check_generate, check_interpolate
 from .models import get_model
 
@@ -54,9 +55,22 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
+async def _resolve(request: Request, name: str, version: int | None) -> LoadedModel:
+    """The serving version of ``name``, or the version asked for in the path."""
+    if version is None:
+        return get_model(request, name)
+    get_model(request, name)  # 404 / 503 loading, as for the default version
+    try:
+        return await context(request).registry.get_version(name, version)
+    except ReloadRefused as exc:
+        status = 404 if exc.code in ("version_not_found", "version_not_loaded") else 409
+        raise ApiError(status, exc.code, str(exc), "version") from None
+
+
 async def _infer(
     request: Request,
     name: str,
+    version: int | None,
     model: LoadedModel,
     z: np.ndarray,
     labels: np.ndarray | None,
@@ -80,8 +94,14 @@ async def _infer(
             raise ApiError(499, "client_gone", "client disconnected")
         try:
             return model, submit.result()
-        except BatcherClosed:
-            newer = ctx.registry.models.get(name)
+        except BatcherClosed:  # swapped out (or evicted) between lookup and submit
+            if version is None:
+                newer = ctx.registry.models.get(name)
+            else:
+                try:
+                    newer = await ctx.registry.get_version(name, version)
+                except (KeyError, ReloadRefused):
+                    newer = None
             if newer is None or newer is model or not _same_inputs(newer, model):
                 break
             model = newer
@@ -166,8 +186,25 @@ def _check_n(ctx: ServiceContext, n: int, field: str = "n") -> None:
     responses={200: {"content": {PNG: {}, NPY: {}, "application/json": {}}}},
 )
 async def generate(request: Request, name: str, body: GenerateRequest | None = None) -> Response:
+    return await _generate(request, name, None, body)
+
+
+@router.post(
+    "/v1/models/{name}/versions/{version}/generate",
+    summary="Generate with one version (loaded beside the default on first use)",
+    responses={200: {"content": {PNG: {}, NPY: {}, "application/json": {}}}},
+)
+async def generate_version(
+    request: Request, name: str, version: int, body: GenerateRequest | None = None
+) -> Response:
+    return await _generate(request, name, version, body)
+
+
+async def _generate(
+    request: Request, name: str, version: int | None, body: GenerateRequest | None
+) -> Response:
     ctx = context(request)
-    model = get_model(request, name)
+    model = await _resolve(request, name, version)
     m = model.manifest
     body = body or GenerateRequest()  # an empty body means one random image
     check_generate(body)
@@ -182,7 +219,8 @@ async def generate(request: Request, name: str, body: GenerateRequest | None = N
         z = seed_latents(seeds, m.nz)
     labels = labels_for(m, body.labels, n, seeds)
     z = truncate(z, body.truncation)
-    model, images = await _infer(request, name, model, z, labels, _deadline(ctx, body.timeout_ms))
+    deadline = _deadline(ctx, body.timeout_ms)
+    model, images = await _infer(request, name, version, model, z, labels, deadline)
     headers = _headers(model, seeds, labels)
     level = ctx.settings.png_compress_level
     fmt = body.format
@@ -221,6 +259,17 @@ async def generate(request: Request, name: str, body: GenerateRequest | None = N
 # --- GET generate (cacheable PNG) ----------------------------------------------------------
 
 
+@dataclass
+class PngQuery:
+    """Query parameters of ``GET .../generate``."""
+
+    seed: Annotated[int | None, Query(ge=0, le=MAX_SEED)] = None
+    label: Annotated[str | None, Query(max_length=64)] = None
+    n: Annotated[int, Query(ge=1)] = 1
+    truncation: Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = None
+    columns: Annotated[int | None, Query(ge=1, le=256)] = None
+
+
 @router.get(
     "/v1/models/{name}/generate",
     summary="One PNG (a grid when n > 1); same query, same bytes, with an ETag",
@@ -228,16 +277,35 @@ async def generate(request: Request, name: str, body: GenerateRequest | None = N
     response_class=Response,
 )
 async def generate_png(
-    request: Request,
-    name: str,
-    seed: Annotated[int | None, Query(ge=0, le=MAX_SEED)] = None,
-    label: Annotated[str | None, Query(max_length=64)] = None,
-    n: Annotated[int, Query(ge=1)] = 1,
-    truncation: Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = None,
-    columns: Annotated[int | None, Query(ge=1, le=256)] = None,
+    request: Request, name: str, query: Annotated[PngQuery, Depends()]
 ) -> Response:
+    return await _generate_png(request, name, None, query)
+
+
+@router.get(
+    "/v1/models/{name}/versions/{version}/generate",
+    summary="One PNG from one version (loaded beside the default on first use)",
+    responses={200: {"content": {PNG: {}}}, 304: {"description": "Not modified"}},
+    response_class=Response,
+)
+async def generate_png_version(
+    request: Request, name: str, version: int, query: Annotated[PngQuery, Depends()]
+) -> Response:
+    return await _generate_png(request, name, version, query)
+
+
+async def _generate_png(
+    request: Request, name: str, version: int | None, query: PngQuery
+) -> Response:
+    seed, label, n, truncation, columns = (
+        query.seed,
+        query.label,
+        query.n,
+        query.truncation,
+        query.columns,
+    )
     ctx = context(request)
-    model = get_model(request, name)
+    model = await _resolve(request, name, version)
     m = model.manifest
     _check_n(ctx, n)
     label_value: int | str | None = None
@@ -269,7 +337,7 @@ async def generate_png(
     seeds = seeds_for(seed, n)
     labels = labels_for(m, label_value, n, seeds, "label")
     z = truncate(seed_latents(seeds, m.nz), truncation)
-    model, images = await _infer(request, name, model, z, labels, _deadline(ctx, None))
+    model, images = await _infer(request, name, version, model, z, labels, _deadline(ctx, None))
     level = ctx.settings.png_compress_level
     if n == 1:
         content = await _encode(ctx, "png", lambda: encode.png_bytes(images[0], level))
@@ -310,7 +378,8 @@ async def interpolate_route(request: Request, name: str, body: InterpolateReques
     if label_value is None and m.conditional:
         label_value = (first_seed or 0) % m.num_classes
     labels = labels_for(m, label_value, body.steps, None, "label")
-    model, images = await _infer(request, name, model, z, labels, _deadline(ctx, body.timeout_ms))
+    deadline = _deadline(ctx, body.timeout_ms)
+    model, images = await _infer(request, name, None, model, z, labels, deadline)
     headers = _headers(model, list(body.seeds) if body.seeds else None, labels)
     level = ctx.settings.png_compress_level
     if body.format == "grid":

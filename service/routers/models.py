@@ -18,6 +18,7 @@ def model_info(model: LoadedModel, registry: ModelRegistry) -> dict:
         "name": model.name,
         "version": model.version,
         "versions": sorted(registry.versions_on_disk(model.name)),
+        "loaded_versions": registry.loaded_versions(model.name),
         "provider": model.provider,
         "conditional": m.conditional,
         "num_classes": m.num_classes,

@@ -147,3 +147,63 @@ def test_reload_can_require_a_token(store) -> None:
             assert r.status_code == 200
 
     run(scenario())
+
+
+def test_versions_by_number_load_beside_the_default(store) -> None:
+    for version in (2, 3):
+        write_tiny_model(store, "tiny", version)
+
+    async def scenario():
+        async with running_app(store, max_pinned_versions=1) as (app, c):
+            body = {"seed": 8, "n": 2, "format": "npy"}
+            default = await c.post(GEN, json=body)
+            assert default.headers["x-model-version"] == "3"
+            by_version = {}
+            for version in (1, 2, 3):
+                r = await c.post(f"/v1/models/tiny/versions/{version}/generate", json=body)
+                assert r.headers["x-model-version"] == str(version)
+                by_version[version] = images_of(r)
+            np.testing.assert_array_equal(by_version[3], images_of(default))
+            assert not np.array_equal(by_version[1], by_version[2])
+            # one pinned slot: v2 evicted v1, which loads again (same images) when asked for
+            assert app.state.registry.loaded_versions("tiny") == [2, 3]
+            r = await c.post("/v1/models/tiny/versions/1/generate", json=body)
+            np.testing.assert_array_equal(images_of(r), by_version[1])
+            assert (await c.get("/v1/models/tiny")).json()["loaded_versions"] == [1, 3]
+            r = await c.get("/v1/models/tiny/versions/1/generate?seed=8&label=8")
+            assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+            etag = r.headers["etag"]
+            assert etag != (await c.get(f"{GEN}?seed=8&label=8")).headers["etag"]
+            r = await c.get(
+                "/v1/models/tiny/versions/1/generate?seed=8&label=8",
+                headers={"If-None-Match": etag},
+            )
+            assert r.status_code == 304
+            r = await c.post("/v1/models/tiny/versions/7/generate", json=body)
+            assert r.status_code == 404 and r.json()["error"]["field"] == "version"
+            r = await c.post("/v1/models/ghost/versions/1/generate", json=body)
+            assert r.status_code == 404 and r.json()["error"]["field"] == "name"
+            # the pinned version under concurrent load while it is evicted and reloaded
+            results = await asyncio.gather(
+                *[
+                    c.post(f"/v1/models/tiny/versions/{1 + i % 2}/generate", json=body)
+                    for i in range(40)
+                ]
+            )
+            for i, r in enumerate(results):
+                np.testing.assert_array_equal(images_of(r), by_version[1 + i % 2])
+
+    run(scenario())
+
+
+def test_pinning_can_be_switched_off(store) -> None:
+    write_tiny_model(store, "tiny", 2)
+
+    async def scenario():
+        async with running_app(store, max_pinned_versions=0) as (app, c):
+            r = await c.post("/v1/models/tiny/versions/1/generate", json={})
+            assert r.status_code == 404 and r.json()["error"]["code"] == "version_not_loaded"
+            r = await c.post("/v1/models/tiny/versions/2/generate", json={})
+            assert r.status_code == 200
+
+    run(scenario())
