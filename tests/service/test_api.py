@@ -294,6 +294,9 @@ def test_overload_gets_503_while_accepted_requests_complete(store) -> None:
             ]
             batcher = app.state.registry.get("tiny").batcher
             await wait_for(lambda: batcher.queued_images == 20)
+            text = (await c.get("/metrics")).text
+            assert metric_value(text, "gan_serve_queue_depth_images", model="tiny") == 20
+            assert metric_value(text, "gan_serve_requests_in_flight") == 6
             refused = await asyncio.gather(*[c.post(GEN, json={"seed": 1}) for _ in range(5)])
             for r in refused:
                 assert r.status_code == 503
@@ -304,6 +307,7 @@ def test_overload_gets_503_while_accepted_requests_complete(store) -> None:
                 assert npy(r).shape == (4, 8, 8, 1)
             text = (await c.get("/metrics")).text
             assert metric_value(text, "gan_serve_refusals_total", reason="queue_full") == 5
+            assert metric_value(text, "gan_serve_queue_depth_images", model="tiny") == 0
             assert metric_value(text, "gan_serve_requests_total", status="503") == 5
 
     run(scenario())
