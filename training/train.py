@@ -61,6 +61,7 @@ class TrainConfig:
     beta2: float = 0.999
     label_smoothing: float = 0.9  # one-sided: target for real images (1.0 disables)
     ema_decay: float = 0.995  # EMA of G's weights, the exported generator (0 disables)
+    mode_seeking: float = 0.0  # weight of the mode-seeking term (Mao et al. 2019; 0 disables)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision, CUDA only
@@ -78,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 < self.label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in (0, 1], got {self.label_smoothing}")
+        if self.mode_seeking < 0:
+            raise ValueError(f"mode_seeking must be >= 0, got {self.mode_seeking}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -141,6 +144,17 @@ def _all_mean(values: dict[str, float], rt: Runtime) -> dict[str, float]:
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=rt.device)
     dist.all_reduce(t)
     return {k: float(v) / rt.world_size for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, half: int) -> torch.Tensor:
+    """1 / (image distance / latent distance) over pairs (i, half + i) (Mao et al., MSGAN).
+
+    Small when different latents give different images: it pushes G away from ignoring z,
+    the conditional GAN's usual collapse to one image per class.
+    """
+    d_img = (fake[:half].float() - fake[half : 2 * half].float()).abs().mean()
+    d_z = (z[:half] - z[half : 2 * half]).abs().mean()
+    return 1.0 / (d_img / d_z + 1e-5)
 
 
 # --- EMA and sampling --------------------------------------------------------------------
@@ -482,13 +496,19 @@ class Trainer:
         real_target = torch.full((n,), self.cfg.label_smoothing, device=dev)
         fake_target = torch.zeros(n, device=dev)
         ones = torch.ones(n, device=dev)
+        half = n // 2 if self.cfg.mode_seeking > 0 else 0
+        fake_cond = cond
+        if half and cond is not None:
+            # pairs (i, half + i) share a label, so the mode-seeking term compares like with like
+            fake_cond = cond.clone()
+            fake_cond[half : 2 * half] = cond[:half]
 
         # D: maximise log D(x) + log(1 - D(G(z))), real targets smoothed one-sidedly.
         self.opt_d.zero_grad(set_to_none=True)
         with self._autocast():
-            fake = self.g_ddp(z, cond)  # C x S x S
+            fake = self.g_ddp(z, fake_cond)  # C x S x S
             logit_real = self.d_ddp(real, cond)
-            logit_fake = self.d_ddp(fake.detach(), cond)
+            logit_fake = self.d_ddp(fake.detach(), fake_cond)
             loss_d = self.loss_fn(logit_real.float(), real_target) + self.loss_fn(
                 logit_fake.float(), fake_target
             )
@@ -501,8 +521,10 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         self.d.requires_grad_(False)
         with self._autocast():
-            logit_gen = self.d(fake, cond)
+            logit_gen = self.d(fake, fake_cond)
             loss_g = self.loss_fn(logit_gen.float(), ones)
+            if half:
+                loss_g = loss_g + self.cfg.mode_seeking * mode_seeking_loss(fake, z, half)
         self.scaler_g.scale(loss_g).backward()
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
@@ -651,6 +673,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ema-decay", type=float, default=d.ema_decay, help="EMA of G's weights (0 disables)"
     )
+    parser.add_argument(
+        "--mode-seeking",
+        type=float,
+        default=d.mode_seeking,
+        help="weight of the mode-seeking diversity term (0 disables)",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
@@ -678,6 +706,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         beta1=args.beta1,
         label_smoothing=args.label_smoothing,
         ema_decay=args.ema_decay,
+        mode_seeking=args.mode_seeking,
         seed=args.seed,
         device=args.device,
         amp=not args.no_amp,

@@ -190,3 +190,23 @@ def test_python_dash_m_training_lists_the_subcommands() -> None:
     )
     for name in ("train", "evaluate", "export", "mar", "ship"):
         assert name in done.stdout
+
+
+def test_mode_seeking_term_rewards_latent_sensitivity() -> None:
+    from training.train import mode_seeking_loss
+
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    same = torch.zeros(8, 1, 4, 4)  # every latent gives the same image: collapse
+    varied = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    assert mode_seeking_loss(varied, z, 4) < mode_seeking_loss(same, z, 4)
+
+
+def test_mode_seeking_changes_training_and_keeps_pairs_labelled(
+    tmp_path: Path, tiny_mnist: ImageData, make_config
+) -> None:
+    plain = load_checkpoint(train(make_config(tmp_path / "plain"), tiny_mnist))
+    seeking = load_checkpoint(train(make_config(tmp_path / "ms", mode_seeking=1.0), tiny_mnist))
+    assert seeking["train_config"]["mode_seeking"] == 1.0
+    assert not torch.equal(
+        plain["generator"]["main.0.weight"], seeking["generator"]["main.0.weight"]
+    )
