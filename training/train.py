@@ -61,7 +61,7 @@ class TrainConfig:
     beta2: float = 0.999
     label_smoothing: float = 0.9  # one-sided: target for real images (1.0 disables)
     ema_decay: float = 0.995  # EMA of G's weights, the exported generator (0 disables)
-    mode_seeking: float = 0.0  # weight of the mode-seeking term (Mao et al. 2019; 0 disables)
+    mode_seeking: float = 1.0  # weight of the mode-seeking term (Mao et al. 2019; 0 disables)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision, CUDA only
@@ -252,7 +252,7 @@ def plot_losses(history: list[dict[str, Any]], trace: list[list[float]], path: P
     end_steps = [h["step"] for h in history]
     ax_loss.plot(end_steps, [h["loss_d"] for h in history], "o-", color="tab:blue", label="D")
     ax_loss.plot(end_steps, [h["loss_g"] for h in history], "o-", color="tab:orange", label="G")
-    ax_loss.set(xlabel="step", ylabel="loss (BCE with logits)", title="losses")
+    ax_loss.set(xlabel="step", ylabel="loss", title="losses (G includes any mode-seeking term)")
     ax_loss.legend()
     epochs = [h["epoch"] for h in history]
     ax_d.plot(epochs, [h["d_real"] for h in history], "o-", label="D(x)")

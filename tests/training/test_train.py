@@ -204,7 +204,7 @@ def test_mode_seeking_term_rewards_latent_sensitivity() -> None:
 def test_mode_seeking_changes_training_and_keeps_pairs_labelled(
     tmp_path: Path, tiny_mnist: ImageData, make_config
 ) -> None:
-    plain = load_checkpoint(train(make_config(tmp_path / "plain"), tiny_mnist))
+    plain = load_checkpoint(train(make_config(tmp_path / "plain", mode_seeking=0.0), tiny_mnist))
     seeking = load_checkpoint(train(make_config(tmp_path / "ms", mode_seeking=1.0), tiny_mnist))
     assert seeking["train_config"]["mode_seeking"] == 1.0
     assert not torch.equal(
