@@ -144,7 +144,7 @@ def test_model_listing(store) -> None:
             assert [m["name"] for m in models] == ["tiny"]
             info = (await c.get("/v1/models/tiny")).json()
             assert info["version"] == 1 and info["versions"] == [1]
-            assert info["provider"] == "cpu" and info["num_classes"] == 10
+            assert info["provider"] in ("cpu", "cuda") and info["num_classes"] == 10
             assert info["manifest"]["artifact"]["sha256"]
             assert info["evaluation"] == {"note": "random weights"}
             v = (await c.get("/v1/models/tiny/versions/1")).json()
@@ -153,7 +153,11 @@ def test_model_listing(store) -> None:
             metrics = (await c.get("/metrics")).text
             assert (
                 metric_value(
-                    metrics, "gan_serve_model_info", model="tiny", version="1", provider="cpu"
+                    metrics,
+                    "gan_serve_model_info",
+                    model="tiny",
+                    version="1",
+                    provider=info["provider"],
                 )
                 == 1
             )
