@@ -286,7 +286,8 @@ def export_checkpoint(
         "steps": ckpt.get("step"),
         "elapsed_s": ckpt.get("elapsed_s"),
         "weights": "ema" if use_ema and ckpt.get("generator_ema") is not None else "raw",
-        "checkpoint": Path(ckpt_path).name,
+        "checkpoint": str(ckpt_path),
+        "checkpoint_sha256": sha256_file(ckpt_path),
         "final_losses": _jsonable(history[-1]) if history else None,
         **(extra_training or {}),
     }
