@@ -11,7 +11,6 @@ from typing import Any
 
 from bench.loadgen import run_wrk
 from bench.models import BenchModel
-from bench.procs import free_port
 from bench.systems import RunningSystem, torchserve_workloads
 
 
@@ -24,21 +23,6 @@ def pinned_children(cpus: str) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, before)
-
-
-@contextlib.contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """Set environment variables for child processes started inside, then restore them."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 def build_archive(model: BenchModel, work: Path) -> Path:
@@ -67,34 +51,24 @@ def start_torchserve(
     onnxruntime thread count and a job queue as deep as the service's queue limit."""
     from training.torchserve_runner import TorchServeProcess
 
-    grpc_ports = (free_port(), free_port())
-
     class BenchTorchServe(TorchServeProcess):
-        """Free gRPC ports too (its defaults clash with any other TorchServe running)."""
+        """The runner's configuration plus a job queue as deep as the service's."""
 
         def config_text(self, model_store: Path) -> str:
-            return super().config_text(model_store) + (
-                f"job_queue_size={queue_size}\n"
-                f"grpc_inference_port={grpc_ports[0]}\n"
-                f"grpc_management_port={grpc_ports[1]}\n"
-            )
+            return super().config_text(model_store) + f"job_queue_size={queue_size}\n"
 
     config = {"workers": workers, "batch_size": batch_size, "max_batch_delay_ms": delay_ms}
-    workdir = ctx.logs / f"torchserve-{model.name}-w{workers}-b{batch_size}-d{delay_ms}"
+    # The runner's own short temp workdir: TorchServe puts its workers' Unix sockets there,
+    # and their paths must stay under 108 bytes.
     server = BenchTorchServe(
         mar,
         batch_size=batch_size,
         max_batch_delay_ms=delay_ms,
         workers=workers,
         handler_threads=ctx.threads,
-        workdir=workdir,
         startup_timeout_s=90.0,
     )
-    # TorchServe refuses to start while another instance's pid file sits in the temp dir;
-    # a private TMPDIR lets the bench run beside any other TorchServe on the machine.
-    private_tmp = workdir / "tmp"
-    private_tmp.mkdir(parents=True, exist_ok=True)
-    with pinned_children(ctx.server_cpus), environment(TMPDIR=str(private_tmp)):
+    with pinned_children(ctx.server_cpus):
         server.start()
     try:
         system = RunningSystem("torchserve", server.inference_url, torchserve_workloads(model))
