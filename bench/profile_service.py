@@ -26,7 +26,7 @@ from bench.systems import service_workloads
 
 OTHER = "other (stdlib, built-ins)"
 GROUPS = {
-    "HTTP/1.1 protocol (uvicorn + h11)": ("h11", "uvicorn"),
+    "HTTP/1.1 protocol (uvicorn + httptools or h11)": ("h11", "httptools", "uvicorn"),
     "ASGI framework (FastAPI + Starlette + pydantic)": ("fastapi", "starlette", "pydantic"),
     "asyncio event loop": ("asyncio", "selectors.py"),
     "service code": ("service",),
