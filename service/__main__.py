@@ -16,6 +16,7 @@ from types import FrameType
 import uvicorn
 
 from .app import create_app
+from .http_protocol import http_protocol_class
 from .settings import Settings
 
 FLAGS: list[tuple[str, type, str]] = [
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         lifespan="on",
+        http=http_protocol_class(),
     )
     server = DrainingServer(config, drain)
     server.run()
