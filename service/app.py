@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         lifecycle=lifecycle,
         max_body_bytes=settings.max_body_bytes,
+        context=ctx if settings.fast_path else None,
     )
     for name in CORE_ROUTERS:
         app.include_router(importlib.import_module(f"{ROUTERS_PACKAGE}.{name}").router)

@@ -9,7 +9,10 @@ Rules (see docs/SERVICE.md):
   inference worker frees up, so batches grow with load. With several workers, a free worker
   waits up to ``max_batch_delay`` after the first queued image for a fuller batch (never
   longer), unless a full batch is already queued.
-* Inference runs on worker threads, never on the event loop.
+* Inference runs on worker threads, never on the event loop. A request may pass a ``finish``
+  function (an encoder): it runs on the same worker thread right after the batch that
+  completes the request, so a batch costs one hop between the loop and the worker, not one
+  per request.
 * Bounded: a request that would push the queued images past ``queue_limit`` is refused at once
   (:class:`QueueFull`). A request whose deadline passes before any of its images started is
   failed with :class:`DeadlineExceeded` and never computed. A cancelled request (client gone)
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +38,7 @@ from .metrics import ServiceMetrics
 log = logging.getLogger("gan_serve.batcher")
 
 RunBatch = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+Finish = Callable[[np.ndarray], Any]  # uint8 [n, S, S, C] -> the request's result (e.g. bytes)
 
 
 class QueueFull(Exception):
@@ -62,6 +67,7 @@ class _Job:
     dispatched: int = 0  # images handed to a batch so far
     completed: int = 0  # images written to out so far
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+    finish: Finish | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -120,12 +126,18 @@ class LatentBatcher:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def submit(
-        self, z: np.ndarray, labels: np.ndarray | None = None, deadline: float | None = None
-    ) -> np.ndarray:
+        self,
+        z: np.ndarray,
+        labels: np.ndarray | None = None,
+        deadline: float | None = None,
+        finish: Finish | None = None,
+    ) -> Any:
         """Queue n latents (+ labels) and wait for their images, uint8 [n, S, S, C].
 
+        With ``finish``, the result is ``finish(images)``, computed on the inference worker.
         ``deadline`` is a ``time.monotonic()`` instant; raises QueueFull, DeadlineExceeded,
-        BatcherClosed, or the inference error. Cancelling the caller drops its queued images.
+        BatcherClosed, or the inference (or finish) error. Cancelling the caller drops its
+        queued images.
         """
         if self._closing:
             raise BatcherClosed(f"{self.model}: batcher is closed")
@@ -137,7 +149,9 @@ class LatentBatcher:
             raise QueueFull(self._queued, self.queue_limit, self._retry_after())
         self.start()
         loop = asyncio.get_running_loop()
-        job = _Job(z=z, labels=labels, future=loop.create_future(), enqueued_at=loop.time())
+        job = _Job(
+            z=z, labels=labels, future=loop.create_future(), enqueued_at=loop.time(), finish=finish
+        )
         if n == 0:
             return np.empty((0,), np.uint8)
         if deadline is not None:
@@ -232,9 +246,8 @@ class LatentBatcher:
         labels = None
         if pieces[0][0].labels is not None:
             labels = np.concatenate([job.labels[a:b] for job, a, b in pieces])
-        started = time.perf_counter()
         try:
-            images = await loop.run_in_executor(self._executor, self.run_batch, z, labels)
+            done = await loop.run_in_executor(self._executor, self._work, pieces, z, labels)
         except Exception as exc:
             log.exception("%s: inference failed for a batch of %d", self.model, len(z))
             for job, _, _ in pieces:
@@ -242,28 +255,58 @@ class LatentBatcher:
                     job.future.set_exception(exc)
                 self._forget(job)
         else:
-            elapsed = time.perf_counter() - started
-            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
-            self.batches_run += 1
-            if self.metrics is not None:
-                self.metrics.inference_duration.labels(model=self.model).observe(elapsed)
-                self.metrics.batch_size.labels(model=self.model).observe(len(z))
-                self.metrics.images_generated.labels(model=self.model).inc(len(z))
-            offset = 0
-            for job, a, b in pieces:
-                chunk = images[offset : offset + (b - a)]
-                offset += b - a
+            for job, result, failed in done:
                 if job.future.done():
                     continue
-                if job.out is None:
-                    job.out = np.empty((job.n, *images.shape[1:]), images.dtype)
-                job.out[a:b] = chunk
-                job.completed += b - a
-                if job.completed == job.n:
-                    job.future.set_result(job.out)
+                if failed:
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
         finally:
             self._running -= 1
             self._wakeup.set()
+
+    def _work(
+        self, pieces: list[_Piece], z: np.ndarray, labels: np.ndarray | None
+    ) -> list[tuple[_Job, Any, bool]]:
+        """On the worker: run the batch, scatter images to their jobs, finish completed jobs.
+
+        Returns (job, result or exception, failed) for each job this batch completed.
+        """
+        started = time.perf_counter()
+        images = self.run_batch(z, labels)
+        elapsed = time.perf_counter() - started
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+        self.batches_run += 1
+        if self.metrics is not None:
+            self.metrics.inference_duration.labels(model=self.model).observe(elapsed)
+            self.metrics.batch_size.labels(model=self.model).observe(len(z))
+            self.metrics.images_generated.labels(model=self.model).inc(len(z))
+        done: list[tuple[_Job, Any, bool]] = []
+        offset = 0
+        for job, a, b in pieces:
+            chunk = images[offset : offset + (b - a)]
+            offset += b - a
+            if job.future.done():  # cancelled or expired meanwhile; read-only peek
+                continue
+            if a == 0 and b == job.n:
+                job.out = chunk  # the whole request in this batch: no copy
+            else:
+                if job.out is None:
+                    job.out = np.empty((job.n, *images.shape[1:]), images.dtype)
+                job.out[a:b] = chunk
+            job.completed += b - a
+            if job.completed < job.n:
+                continue
+            if job.finish is None:
+                done.append((job, job.out, False))
+                continue
+            try:
+                done.append((job, job.finish(job.out), False))
+            except Exception as exc:  # an encoder failure fails its request only
+                log.exception("%s: finishing a request failed", self.model)
+                done.append((job, exc, True))
+        return done
 
     # --- bookkeeping ----------------------------------------------------------------------
 

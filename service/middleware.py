@@ -12,6 +12,8 @@ import time
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .context import ServiceContext
+from .fastpath import GENERATE_GET, GENERATE_GET_ROUTE, serve_generate_get
 from .lifecycle import Lifecycle
 from .metrics import ServiceMetrics
 
@@ -25,13 +27,22 @@ class BodyTooLarge(HTTPException):
 
 
 class ServiceMiddleware:
+    """The one service layer in front of the router; with ``context`` it also serves the hot
+    ``GET .../generate`` route itself (service/fastpath.py)."""
+
     def __init__(
-        self, app: ASGIApp, metrics: ServiceMetrics, lifecycle: Lifecycle, max_body_bytes: int
+        self,
+        app: ASGIApp,
+        metrics: ServiceMetrics,
+        lifecycle: Lifecycle,
+        max_body_bytes: int,
+        context: ServiceContext | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.lifecycle = lifecycle
         self.max_body = max_body_bytes
+        self.context = context
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +55,7 @@ class ServiceMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        label: str | None = None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -78,12 +90,21 @@ class ServiceMiddleware:
                     },
                 )
                 return
+            if method == "GET" and self.context is not None and not scope.get("root_path"):
+                match = GENERATE_GET.match(path)
+                if match is not None:
+                    label = GENERATE_GET_ROUTE
+                    if await serve_generate_get(
+                        self.context, match.group(1), scope, receive, send_wrapper
+                    ):
+                        return
+                    label = None
             await self.app(scope, self._limited(receive), send_wrapper)
         finally:
             self.lifecycle.in_flight -= 1
             self.metrics.in_flight.dec()
-            route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
+            if label is None:
+                label = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.requests.labels(route=label, method=method, status=str(status)).inc()
             self.metrics.request_duration.labels(route=label).observe(time.perf_counter() - started)
 

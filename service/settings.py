@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0, description="default queue deadline")
     png_compress_level: int = Field(default=1, ge=0, le=9)
     encode_threads: int = Field(default=2, ge=1)
+    fast_path: bool = Field(
+        default=True,
+        description="serve plain GET .../generate queries without FastAPI's per-request work",
+    )
 
     # Lifecycle.
     warmup: bool = True

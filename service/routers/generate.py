@@ -11,13 +11,14 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.types import Receive
 
 from .. import encode
-from ..batcher import BatcherClosed, DeadlineExceeded, QueueFull
+from ..batcher import BatcherClosed, DeadlineExceeded, Finish, QueueFull
 from ..context import ServiceContext, context
 from ..errors import ApiError, bad_input
 from ..latents import (
@@ -48,9 +49,9 @@ def _deadline(ctx: ServiceContext, timeout_ms: int | None) -> float:
     return time.monotonic() + seconds
 
 
-async def _wait_disconnect(request: Request) -> None:
+async def _wait_disconnect(receive: Receive) -> None:
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] == "http.disconnect":
             return
 
@@ -75,12 +76,29 @@ async def _infer(
     z: np.ndarray,
     labels: np.ndarray | None,
     deadline: float,
-) -> tuple[LoadedModel, np.ndarray]:
+    finish: Finish | None = None,
+) -> tuple[LoadedModel, Any]:
     """Submit to the batcher; map refusals to HTTP; drop the work if the client goes away."""
-    ctx = context(request)
+    return await infer(
+        context(request), request.receive, name, version, model, z, labels, deadline, finish
+    )
+
+
+async def infer(
+    ctx: ServiceContext,
+    receive: Receive,
+    name: str,
+    version: int | None,
+    model: LoadedModel,
+    z: np.ndarray,
+    labels: np.ndarray | None,
+    deadline: float,
+    finish: Finish | None = None,
+) -> tuple[LoadedModel, Any]:
+    """:func:`_infer` on a raw ASGI ``receive``; with ``finish``, its result instead of images."""
     for _ in range(3):  # a hot swap may close the batcher between lookup and submit
-        submit = asyncio.ensure_future(model.batcher.submit(z, labels, deadline))
-        gone = asyncio.ensure_future(_wait_disconnect(request))
+        submit = asyncio.ensure_future(model.batcher.submit(z, labels, deadline, finish))
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             done, _ = await asyncio.wait({submit, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -125,6 +143,22 @@ async def _infer(
 def _same_inputs(a: LoadedModel, b: LoadedModel) -> bool:
     ma, mb = a.manifest, b.manifest
     return (ma.nz, ma.num_classes) == (mb.nz, mb.num_classes)
+
+
+def timed_encoder(
+    ctx: ServiceContext, fmt: str, fn: Callable[[np.ndarray], bytes]
+) -> Callable[[np.ndarray], bytes]:
+    """``fn`` timed into the encode histogram; passed to the batcher as ``finish``, it runs on
+    the inference worker right after the batch (no second hop for small bodies)."""
+    histogram = ctx.metrics.encode_duration.labels(format=fmt)
+
+    def run(images: np.ndarray) -> bytes:
+        started = time.perf_counter()
+        body = fn(images)
+        histogram.observe(time.perf_counter() - started)
+        return body
+
+    return run
 
 
 async def _encode(ctx: ServiceContext, fmt: str, fn: Callable[[], bytes]) -> bytes:
@@ -220,13 +254,18 @@ async def _generate(
     labels = labels_for(m, body.labels, n, seeds)
     z = truncate(z, body.truncation)
     deadline = _deadline(ctx, body.timeout_ms)
-    model, images = await _infer(request, name, version, model, z, labels, deadline)
-    headers = _headers(model, seeds, labels)
     level = ctx.settings.png_compress_level
     fmt = body.format
-    if fmt == "png" and n == 1:
-        content = await _encode(ctx, "png", lambda: encode.png_bytes(images[0], level))
-        return Response(content, media_type=PNG, headers=headers)
+    if (fmt == "png" and n == 1) or fmt == "npy":  # small or a copy: encoded on the worker
+        if fmt == "npy":
+            finish = timed_encoder(ctx, "npy", encode.npy_bytes)
+        else:
+            finish = timed_encoder(ctx, "png", lambda images: encode.png_bytes(images[0], level))
+        model, content = await _infer(request, name, version, model, z, labels, deadline, finish)
+        headers = _headers(model, seeds, labels)
+        return Response(content, media_type=NPY if fmt == "npy" else PNG, headers=headers)
+    model, images = await _infer(request, name, version, model, z, labels, deadline)
+    headers = _headers(model, seeds, labels)
     if fmt == "png":
         content = await _encode(
             ctx, "png", lambda: json.dumps(encode.base64_pngs(images, level)).encode()
@@ -235,9 +274,6 @@ async def _generate(
     if fmt == "grid":
         content = await _encode(ctx, "grid", lambda: encode.grid_png(images, body.columns, level))
         return Response(content, media_type=PNG, headers=headers)
-    if fmt == "npy":
-        content = await _encode(ctx, "npy", lambda: encode.npy_bytes(images))
-        return Response(content, media_type=NPY, headers=headers)
 
     def as_json() -> bytes:
         pngs = encode.base64_pngs(images, level)
@@ -297,6 +333,29 @@ async def generate_png_version(
 async def _generate_png(
     request: Request, name: str, version: int | None, query: PngQuery
 ) -> Response:
+    ctx = context(request)
+    model = await _resolve(request, name, version)
+    plan = plan_png(ctx, model, query, request.headers.get("if-none-match"))
+    if isinstance(plan, Response):
+        return plan
+    return await respond_png(ctx, request.receive, name, version, model, plan)
+
+
+@dataclass
+class PngPlan:
+    """A validated ``GET .../generate``: the model inputs and the ETag, nothing computed yet."""
+
+    seeds: list[int]
+    labels: np.ndarray | None
+    z: np.ndarray
+    columns: int | None
+    etag: str | None
+
+
+def plan_png(
+    ctx: ServiceContext, model: LoadedModel, query: PngQuery, if_none_match: str | None
+) -> PngPlan | Response:
+    """Validate the query against the model (ApiError naming the field), or answer 304."""
     seed, label, n, truncation, columns = (
         query.seed,
         query.label,
@@ -304,8 +363,6 @@ async def _generate_png(
         query.truncation,
         query.columns,
     )
-    ctx = context(request)
-    model = await _resolve(request, name, version)
     m = model.manifest
     _check_n(ctx, n)
     label_value: int | str | None = None
@@ -329,7 +386,7 @@ async def _generate_png(
             ]
         )
         etag = '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
-        match = request.headers.get("if-none-match")
+        match = if_none_match
         if match is not None and (
             match.strip() == "*" or etag in [t.strip() for t in match.split(",")]
         ):
@@ -337,15 +394,36 @@ async def _generate_png(
     seeds = seeds_for(seed, n)
     labels = labels_for(m, label_value, n, seeds, "label")
     z = truncate(seed_latents(seeds, m.nz), truncation)
-    model, images = await _infer(request, name, version, model, z, labels, _deadline(ctx, None))
+    return PngPlan(seeds, labels, z, columns, etag)
+
+
+async def respond_png(
+    ctx: ServiceContext,
+    receive: Receive,
+    name: str,
+    version: int | None,
+    model: LoadedModel,
+    plan: PngPlan,
+) -> Response:
+    """Run a planned ``GET .../generate`` through the batcher; the PNG is encoded on the worker
+    for one image, on the encode pool for a grid."""
     level = ctx.settings.png_compress_level
-    if n == 1:
-        content = await _encode(ctx, "png", lambda: encode.png_bytes(images[0], level))
+    m = model.manifest
+    deadline = _deadline(ctx, None)
+    if len(plan.seeds) == 1:
+        finish = timed_encoder(ctx, "png", lambda images: encode.png_bytes(images[0], level))
+        model, content = await infer(
+            ctx, receive, name, version, model, plan.z, plan.labels, deadline, finish
+        )
     else:
+        model, images = await infer(
+            ctx, receive, name, version, model, plan.z, plan.labels, deadline
+        )
+        columns = plan.columns
         content = await _encode(ctx, "grid", lambda: encode.grid_png(images, columns, level))
-    headers = _headers(model, seeds, labels)
-    if etag is not None and model.version == m.version:
-        headers.update({"ETag": etag, "Cache-Control": "no-cache"})
+    headers = _headers(model, plan.seeds, plan.labels)
+    if plan.etag is not None and model.version == m.version:
+        headers.update({"ETag": plan.etag, "Cache-Control": "no-cache"})
     else:
         headers["Cache-Control"] = "no-store"
     return Response(content, media_type=PNG, headers=headers)

@@ -1,0 +1,117 @@
+"""The lean ``GET .../generate`` path answers exactly as the documented FastAPI route."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import pytest
+
+import service.middleware as middleware_module
+from service.fastpath import parse_png_query
+from tests.service.conftest import metric_samples, run, running_app
+
+GEN = "/v1/models/tiny/generate"
+
+# Served by the fast path: plain, valid queries.
+PLAIN = [
+    "seed=7&label=3",
+    "seed=7",
+    "seed=0&label=9&n=4&columns=2",
+    "seed=7&truncation=0.5",
+    "seed=7&label=1&truncation=1",
+    "seed=9223372036854775807",
+    "seed=7&utm_source=x",
+    "seed=007&label=%33",
+]
+# Handed on to the route: valid but unusual spellings, and every validation error.
+UNUSUAL = ["seed=+7", "seed=1&truncation=1e-1", "seed=%207", "seed=7&seed=8"]
+HANDED_ON = [
+    "seed=-1",
+    "seed=abc",
+    "seed=",
+    "seed=9223372036854775808",
+    "n=0",
+    "seed=1&n=1000",
+    "seed=1&columns=0",
+    "seed=1&columns=300",
+    "seed=1&truncation=2",
+    "seed=1&truncation=nan",
+    "seed=1&label=unknown",
+    "seed=1&label=12",
+    "seed=1&label=" + "x" * 65,
+]
+
+
+def test_query_parser_accepts_only_plainly_valid_queries() -> None:
+    q = parse_png_query(b"seed=7&label=3&n=2&truncation=0.25&columns=1&other=x")
+    assert q is not None
+    assert (q.seed, q.label, q.n, q.truncation, q.columns) == (7, "3", 2, 0.25, 1)
+    assert parse_png_query(b"").seed is None
+    for query in UNUSUAL + HANDED_ON[:5] + ["n=0", "seed=1&columns=0", "seed=1&truncation=2"]:
+        assert parse_png_query(query.encode()) is None, query
+
+
+@pytest.mark.parametrize("if_none_match", [None, "*"])
+def test_fast_path_and_route_give_the_same_answers(store, monkeypatch, if_none_match) -> None:
+    answered: list[bool] = []  # per call of the fast path: did it answer itself?
+    inner = middleware_module.serve_generate_get
+
+    async def spy(*args):  # noqa: ANN002, ANN202
+        answered.append(await inner(*args))
+        return answered[-1]
+
+    monkeypatch.setattr(middleware_module, "serve_generate_get", spy)
+
+    async def scenario() -> None:
+        async with AsyncExitStack() as stack:
+            fast_app, fast = await stack.enter_async_context(running_app(store))
+            slow_app, slow = await stack.enter_async_context(running_app(store, fast_path=False))
+            headers = {"If-None-Match": if_none_match} if if_none_match else {}
+            for query in PLAIN + UNUSUAL + HANDED_ON + ["label=3", "n=3"]:
+                answered.clear()
+                a = await fast.get(f"{GEN}?{query}", headers=headers)
+                b = await slow.get(f"{GEN}?{query}", headers=headers)
+                assert len(answered) == 1, query  # the fast app only
+                assert a.status_code == b.status_code, query
+                if "seed=" in query and a.status_code != 422:
+                    assert list(a.headers.items()) == list(b.headers.items()), query
+                    assert a.content == b.content, query
+                else:  # a random seed: same shape of answer, different image
+                    assert sorted(a.headers) == sorted(b.headers), query
+                if query in PLAIN:
+                    assert answered == [True], f"{query} should take the fast path"
+                    assert a.status_code == (304 if if_none_match else 200)
+                if query in UNUSUAL:
+                    assert answered == [False], f"{query} should reach the route"
+                if query in HANDED_ON:
+                    assert answered == [False], f"{query} should reach the route"
+                    assert a.status_code in (404, 422), query
+                    assert a.json() == b.json(), query
+
+            # the ETag of a fast answer revalidates on both paths
+            etag = (await fast.get(f"{GEN}?seed=5&label=2")).headers["etag"]
+            assert (await slow.get(f"{GEN}?seed=5&label=2")).headers["etag"] == etag
+            for client in (fast, slow):
+                r = await client.get(f"{GEN}?seed=5&label=2", headers={"If-None-Match": etag})
+                assert r.status_code == 304 and r.headers["etag"] == etag
+            for client in (fast, slow):
+                r = await client.get("/v1/models/nope/generate?seed=1")
+                assert r.status_code == 404 and r.json()["error"]["field"] == "name"
+
+            # the same requests, statuses and refusals counted under the same route label
+            def counted(app) -> list:  # noqa: ANN001
+                text = app.state.metrics.render().decode()
+                return sorted(
+                    (name, sorted(labels.items()), value)
+                    for name, labels, value in metric_samples(text)
+                    if name in ("gan_serve_requests_total", "gan_serve_refusals_total")
+                    or name == "gan_serve_request_duration_seconds_count"
+                )
+
+            assert counted(fast_app) == counted(slow_app)
+            assert any(
+                dict(labels).get("route") == "/v1/models/{name}/generate"
+                for name, labels, _ in counted(fast_app)
+            )
+
+    run(scenario())
