@@ -74,6 +74,7 @@ class _Job:
         return self.z.shape[0]
 
 
+Ticket = _Job  # what enqueue returns: ``ticket.future`` resolves with the result
 _Piece = tuple[_Job, int, int]  # job, start, stop: job.z[start:stop] is in the batch
 
 
@@ -87,7 +88,7 @@ class LatentBatcher:
         model: str,
         max_batch_size: int = 64,
         max_batch_delay_s: float = 0.005,
-        queue_limit: int = 1024,
+        queue_limit: int = 4096,
         workers: int = 1,
         metrics: ServiceMetrics | None = None,
     ) -> None:
@@ -109,6 +110,7 @@ class LatentBatcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"infer-{model}")
         self._batch_seconds = 0.01  # moving estimate, for Retry-After
+        self._depth = metrics.queue_depth.labels(model=model) if metrics is not None else None
         self.batches_run = 0
 
     # --- public ---------------------------------------------------------------------------
@@ -139,6 +141,23 @@ class LatentBatcher:
         BatcherClosed, or the inference (or finish) error. Cancelling the caller drops its
         queued images.
         """
+        ticket = self.enqueue(z, labels, deadline, finish)
+        try:
+            return await ticket.future
+        except asyncio.CancelledError:
+            self.withdraw(ticket)
+            raise
+
+    def enqueue(
+        self,
+        z: np.ndarray,
+        labels: np.ndarray | None = None,
+        deadline: float | None = None,
+        finish: Finish | None = None,
+    ) -> Ticket:
+        """:meth:`submit` without the wait (no task per request): the ticket's ``future``
+        resolves as ``submit`` returns or raises; a caller that stops waiting calls
+        :meth:`withdraw`. Raises QueueFull or BatcherClosed at once."""
         if self._closing:
             raise BatcherClosed(f"{self.model}: batcher is closed")
         n = z.shape[0]
@@ -153,23 +172,22 @@ class LatentBatcher:
             z=z, labels=labels, future=loop.create_future(), enqueued_at=loop.time(), finish=finish
         )
         if n == 0:
-            return np.empty((0,), np.uint8)
+            job.future.set_result(np.empty((0,), np.uint8))
+            return job
         if deadline is not None:
             delay = deadline - time.monotonic()
-            job.expiry = loop.call_later(max(delay, 0.0), self._expire, job)
+            expiry = job.expiry = loop.call_later(max(delay, 0.0), self._expire, job)
+            job.future.add_done_callback(lambda _: expiry.cancel())
         self._queue.append(job)
         self._add_queued(n)
         self._idle.clear()
         self._wakeup.set()
-        try:
-            return await job.future
-        except asyncio.CancelledError:
-            if self._drop(job):
-                self._refuse("client_gone")
-            raise
-        finally:
-            if job.expiry is not None:
-                job.expiry.cancel()
+        return job
+
+    def withdraw(self, ticket: Ticket) -> None:
+        """The caller stopped waiting (client gone): drop its images not yet in a batch."""
+        if self._drop(ticket):
+            self._refuse("client_gone")
 
     async def close(self, timeout: float | None = None) -> bool:
         """Stop taking work, let queued and running batches finish; True if all finished."""
@@ -336,8 +354,8 @@ class LatentBatcher:
 
     def _add_queued(self, delta: int) -> None:
         self._queued += delta
-        if self.metrics is not None:  # inc, not set: several batchers may serve one model
-            self.metrics.queue_depth.labels(model=self.model).inc(delta)
+        if self._depth is not None:  # inc, not set: several batchers may serve one model
+            self._depth.inc(delta)
 
     def _refuse(self, reason: str) -> None:
         if self.metrics is not None:

@@ -43,6 +43,9 @@ class ServiceMiddleware:
         self.lifecycle = lifecycle
         self.max_body = max_body_bytes
         self.context = context
+        # Label children are looked up once, not per request (prometheus_client's labels()
+        # takes a lock and builds a key each time).
+        self._counted: dict[tuple[str, str, str], tuple] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -105,8 +108,15 @@ class ServiceMiddleware:
             self.metrics.in_flight.dec()
             if label is None:
                 label = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(route=label, method=method, status=str(status)).inc()
-            self.metrics.request_duration.labels(route=label).observe(time.perf_counter() - started)
+            key = (label, method, status)
+            children = self._counted.get(key)
+            if children is None:
+                children = self._counted[key] = (
+                    self.metrics.requests.labels(route=label, method=method, status=str(status)),
+                    self.metrics.request_duration.labels(route=label),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
     def _limited(self, receive: Receive) -> Receive:
         """Count streamed body bytes too (chunked uploads have no Content-Length)."""

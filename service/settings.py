@@ -34,7 +34,11 @@ class Settings(BaseSettings):
         "another batch runs (an idle model never waits)",
     )
     inference_workers: int = Field(default=1, ge=1, le=16, description="batches run at once")
-    queue_limit: int = Field(default=1024, ge=1, description="queued images before 503")
+    queue_limit: int = Field(
+        default=4096,
+        ge=1,
+        description="queued images before 503: 64 connections x 64 images fit (docs/SERVICE.md)",
+    )
     batch_buckets: Literal["auto", "exact", "pow2"] = Field(
         default="auto",
         description="pad batches to fixed sizes: pow2 on CUDA (auto), exact sizes on CPU",

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.types import Receive
 
 from .. import encode
-from ..batcher import BatcherClosed, DeadlineExceeded, Finish, QueueFull
+from ..batcher import BatcherClosed, DeadlineExceeded, Finish, QueueFull, Ticket
 from ..context import ServiceContext, context
 from ..errors import ApiError, bad_input
 from ..latents import (
@@ -97,21 +97,9 @@ async def infer(
 ) -> tuple[LoadedModel, Any]:
     """:func:`_infer` on a raw ASGI ``receive``; with ``finish``, its result instead of images."""
     for _ in range(3):  # a hot swap may close the batcher between lookup and submit
-        submit = asyncio.ensure_future(model.batcher.submit(z, labels, deadline, finish))
-        gone = asyncio.ensure_future(_wait_disconnect(receive))
         try:
-            done, _ = await asyncio.wait({submit, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if submit not in done:
-            submit.cancel()
-            try:
-                await submit
-            except (asyncio.CancelledError, Exception):
-                pass
-            raise ApiError(499, "client_gone", "client disconnected")
-        try:
-            return model, submit.result()
+            ticket = model.batcher.enqueue(z, labels, deadline, finish)
+            return model, await _unless_gone(model, ticket, receive)
         except BatcherClosed:  # swapped out (or evicted) between lookup and submit
             if version is None:
                 newer = ctx.registry.models.get(name)
@@ -138,6 +126,27 @@ async def infer(
     raise ApiError(
         503, "model_unavailable", f"{name} is being replaced; retry", None, {"Retry-After": "1"}
     )
+
+
+async def _unless_gone(model: LoadedModel, ticket: Ticket, receive: Receive) -> Any:
+    """Wait for a queued request; if the client disconnects first, withdraw it (499)."""
+    future = ticket.future
+    gone = asyncio.ensure_future(_wait_disconnect(receive))
+
+    def client_left(_: asyncio.Future) -> None:
+        future.cancel()  # no-op once the result is in
+
+    gone.add_done_callback(client_left)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        model.batcher.withdraw(ticket)
+        if gone.done() and not gone.cancelled():
+            raise ApiError(499, "client_gone", "client disconnected") from None
+        raise
+    finally:
+        gone.remove_done_callback(client_left)
+        gone.cancel()
 
 
 def _same_inputs(a: LoadedModel, b: LoadedModel) -> bool:
