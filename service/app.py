@@ -8,8 +8,10 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request
+from starlette.types import Receive, Scope, Send
 
 from .context import ServiceContext
 from .errors import install_error_handlers
@@ -25,6 +27,20 @@ ROUTERS_PACKAGE = f"{__package__}.routers"
 CORE_ROUTERS = ("health", "models", "generate", "admin")
 # Routers other parts of the project add; included when their module exists.
 OPTIONAL_ROUTERS = ("kserve", "playground")
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with the service's own layer outermost: every HTTP request meets metrics, drain
+    and body-limit checks (and the lean generate path) before FastAPI's own middleware stack,
+    which only the documented routes then pay for."""
+
+    service_layer: ServiceMiddleware | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.service_layer is not None:
+            await self.service_layer(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.close(settings.drain_timeout_s)
             encode_pool.shutdown(wait=False)
 
-    app = FastAPI(
+    app = ServiceApp(
         title="gan-serve",
         version="0.1.0",
         summary="Generate images from GAN generators (ONNX) with dynamic batching.",
@@ -66,8 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.refuse(match.group(1) if match else "", "bad_request")
 
     install_error_handlers(app, count_bad_request)
-    app.add_middleware(
-        ServiceMiddleware,
+    app.service_layer = ServiceMiddleware(
+        partial(FastAPI.__call__, app),
         metrics=metrics,
         lifecycle=lifecycle,
         max_body_bytes=settings.max_body_bytes,

@@ -41,7 +41,12 @@ def parse_png_query(query_string: bytes) -> PngQuery | None:
     if not query_string:
         return PngQuery()
     values: dict[str, str] = {}
-    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+    text = query_string.decode("latin-1")
+    if "%" in text or "+" in text:
+        pairs = parse_qsl(text, keep_blank_values=True)
+    else:  # nothing to unquote: parse_qsl's split, without its per-item unquoting
+        pairs = [part.partition("=")[::2] for part in text.split("&") if part]
+    for key, value in pairs:
         if key in _KNOWN:
             if key in values:
                 return None

@@ -6,6 +6,7 @@ Pure ASGI (not BaseHTTPMiddleware) so the app's ``receive`` still reports client
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 
@@ -13,9 +14,12 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import ServiceContext
+from .errors import error_response
 from .fastpath import GENERATE_GET, GENERATE_GET_ROUTE, serve_generate_get
 from .lifecycle import Lifecycle
 from .metrics import ServiceMetrics
+
+log = logging.getLogger("gan_serve.errors")
 
 UNTRACKED = {"/healthz", "/readyz", "/metrics"}
 MODEL_IN_PATH = re.compile(r"^/v1/models/([^/]+)/")
@@ -97,9 +101,7 @@ class ServiceMiddleware:
                 match = GENERATE_GET.match(path)
                 if match is not None:
                     label = GENERATE_GET_ROUTE
-                    if await serve_generate_get(
-                        self.context, match.group(1), scope, receive, send_wrapper
-                    ):
+                    if await self._fast(match.group(1), scope, receive, send_wrapper):
                         return
                     label = None
             await self.app(scope, self._limited(receive), send_wrapper)
@@ -117,6 +119,24 @@ class ServiceMiddleware:
                 )
             children[0].inc()
             children[1].observe(time.perf_counter() - started)
+
+    async def _fast(self, name: str, scope: Scope, receive: Receive, send: Send) -> bool:
+        """The lean generate path; an unexpected error gets the same JSON 500 as FastAPI's
+        handler gives (this layer sits outside FastAPI's error middleware), then propagates."""
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            return await serve_generate_get(self.context, name, scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s", scope["path"])
+            if not started:
+                await error_response(500, "internal", "internal error")(scope, receive, send)
+            raise
 
     def _limited(self, receive: Receive) -> Receive:
         """Count streamed body bytes too (chunked uploads have no Content-Length)."""

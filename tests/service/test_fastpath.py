@@ -115,3 +115,30 @@ def test_fast_path_and_route_give_the_same_answers(store, monkeypatch, if_none_m
             )
 
     run(scenario())
+
+
+def test_unexpected_error_on_the_fast_path_is_a_json_500(store, monkeypatch) -> None:
+    import httpx
+
+    import service.fastpath as fastpath
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("boom")
+
+    async def scenario() -> None:
+        async with running_app(store) as (app, _):
+            monkeypatch.setattr(fastpath, "plan_png", broken)
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                r = await client.get(f"{GEN}?seed=1")
+            assert r.status_code == 500
+            assert r.json() == {
+                "error": {"code": "internal", "message": "internal error", "field": None}
+            }
+            text = app.state.metrics.render().decode()
+            assert any(
+                name == "gan_serve_requests_total" and labels.get("status") == "500"
+                for name, labels, _ in metric_samples(text)
+            )
+
+    run(scenario())
