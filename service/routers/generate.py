@@ -248,8 +248,23 @@ async def _generate(
 ) -> Response:
     ctx = context(request)
     model = await _resolve(request, name, version)
+    plan = plan_generate(ctx, model, body or GenerateRequest())  # no body: one random image
+    return await respond_generate(ctx, request.receive, name, version, model, plan)
+
+
+@dataclass
+class GeneratePlan:
+    """A validated ``POST .../generate``: the model inputs, nothing computed yet."""
+
+    body: GenerateRequest
+    seeds: list[int] | None
+    labels: np.ndarray | None
+    z: np.ndarray
+
+
+def plan_generate(ctx: ServiceContext, model: LoadedModel, body: GenerateRequest) -> GeneratePlan:
+    """Cross-field and per-model checks (ApiError naming the field), latents and labels."""
     m = model.manifest
-    body = body or GenerateRequest()  # an empty body means one random image
     check_generate(body)
     n = body.count
     _check_n(ctx, n, "latents" if body.latents is not None else "seeds" if body.seeds else "n")
@@ -261,7 +276,20 @@ async def _generate(
         seeds = list(body.seeds) if body.seeds is not None else seeds_for(body.seed, n)
         z = seed_latents(seeds, m.nz)
     labels = labels_for(m, body.labels, n, seeds)
-    z = truncate(z, body.truncation)
+    return GeneratePlan(body, seeds, labels, truncate(z, body.truncation))
+
+
+async def respond_generate(
+    ctx: ServiceContext,
+    receive: Receive,
+    name: str,
+    version: int | None,
+    model: LoadedModel,
+    plan: GeneratePlan,
+) -> Response:
+    """Run a planned ``POST .../generate`` through the batcher and encode the answer."""
+    body, seeds, labels, z = plan.body, plan.seeds, plan.labels, plan.z
+    n = len(z)
     deadline = _deadline(ctx, body.timeout_ms)
     level = ctx.settings.png_compress_level
     fmt = body.format
@@ -270,10 +298,12 @@ async def _generate(
             finish = timed_encoder(ctx, "npy", encode.npy_bytes)
         else:
             finish = timed_encoder(ctx, "png", lambda images: encode.png_bytes(images[0], level))
-        model, content = await _infer(request, name, version, model, z, labels, deadline, finish)
+        model, content = await infer(
+            ctx, receive, name, version, model, z, labels, deadline, finish
+        )
         headers = _headers(model, seeds, labels)
         return Response(content, media_type=NPY if fmt == "npy" else PNG, headers=headers)
-    model, images = await _infer(request, name, version, model, z, labels, deadline)
+    model, images = await infer(ctx, receive, name, version, model, z, labels, deadline)
     headers = _headers(model, seeds, labels)
     if fmt == "png":
         content = await _encode(
