@@ -1,4 +1,5 @@
-"""The hot route, ``GET /v1/models/{name}/generate``, answered without FastAPI's per-request work.
+"""The hot routes, ``GET`` and ``POST /v1/models/{name}/generate``, answered without FastAPI's
+per-request work.
 
 FastAPI spends most of a small request's time on routing, dependency solving, query
 validation and its middleware layers (docs/BENCHMARKS.md). This path parses the plain,
@@ -8,23 +9,37 @@ Anything it does not recognise as plainly valid (an unknown model, a value out o
 written unusually, a repeated parameter, a label the model does not know) goes on to the
 FastAPI route, which answers with its own validation errors. The route stays declared for
 the OpenAPI schema; tests check that both give the same answers.
+
+POST: a small JSON body (``Content-Type: application/json`` with a Content-Length) is read
+here, parsed with ``json.loads`` and validated by the same pydantic model as the route;
+when anything is off, the route gets a ``receive`` that replays the body already read.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from urllib.parse import parse_qsl
 
+from pydantic import ValidationError
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .context import ServiceContext
 from .errors import ApiError, error_response
 from .manifest import MAX_SEED
-from .routers.generate import PngQuery, plan_png, respond_png
+from .routers.generate import (
+    PngQuery,
+    plan_generate,
+    plan_png,
+    respond_generate,
+    respond_png,
+)
+from .schemas import GenerateRequest
 
 GENERATE_GET = re.compile(r"^/v1/models/([^/]+)/generate$")
 GENERATE_GET_ROUTE = "/v1/models/{name}/generate"  # the metrics label, as FastAPI names it
+FAST_BODY_BYTES = 64 * 1024  # larger bodies (explicit latents, long seed lists) take the route
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _DECIMAL = re.compile(r"[0-9]{1,3}(\.[0-9]{1,17})?")
@@ -121,3 +136,70 @@ async def serve_generate_get(
             response = error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
     await response(scope, receive, send)
     return True
+
+
+async def serve_generate_post(
+    ctx: ServiceContext,
+    name: str,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    max_body: int,
+) -> Receive | None:
+    """Answer ``POST /v1/models/{name}/generate``: None when answered, else the ``receive`` the
+    route must use (it replays whatever body was read here)."""
+    length = _header(scope, b"content-length")
+    if (
+        _header(scope, b"content-type") != "application/json"
+        or length is None
+        or not length.isdigit()
+        or not 0 < int(length) <= min(FAST_BODY_BYTES, max_body)
+    ):
+        return receive
+    read: list[Message] = []
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        read.append(message)
+        if message["type"] != "http.request":
+            return _replay(read, receive)
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    if len(body) != int(length):
+        return _replay(read, receive)
+    try:
+        document = json.loads(body)
+        if not isinstance(document, dict):
+            return _replay(read, receive)
+        request = GenerateRequest.model_validate(document)
+    except (ValueError, RecursionError, ValidationError):  # bad JSON: the route says why
+        return _replay(read, receive)
+    model = ctx.registry.models.get(name)
+    if model is None:
+        return _replay(read, receive)
+    try:
+        plan = plan_generate(ctx, model, request)
+    except ApiError:
+        return _replay(read, receive)  # the route raises the same error, counted by its handler
+    try:
+        response = await respond_generate(ctx, receive, name, None, model, plan)
+    except ApiError as exc:  # overload, deadline, client gone: after submitting
+        if 400 <= exc.status < 500 and exc.status != 499:
+            ctx.metrics.refuse(name, "bad_request")
+        response = error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+    await response(scope, receive, send)
+    return None
+
+
+def _replay(read: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives back the messages already read, then the client's own."""
+    pending = list(read)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay

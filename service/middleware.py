@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import ServiceContext
 from .errors import error_response
-from .fastpath import GENERATE_GET, GENERATE_GET_ROUTE, serve_generate_get
+from .fastpath import GENERATE_GET, GENERATE_GET_ROUTE, serve_generate_get, serve_generate_post
 from .lifecycle import Lifecycle
 from .metrics import ServiceMetrics
 
@@ -97,12 +97,19 @@ class ServiceMiddleware:
                     },
                 )
                 return
-            if method == "GET" and self.context is not None and not scope.get("root_path"):
+            if self.context is not None and not scope.get("root_path"):
                 match = GENERATE_GET.match(path)
-                if match is not None:
+                if match is not None and method in ("GET", "POST"):
                     label = GENERATE_GET_ROUTE
-                    if await self._fast(match.group(1), scope, receive, send_wrapper):
-                        return
+                    if method == "GET":
+                        if await self._fast(match.group(1), scope, receive, send_wrapper):
+                            return
+                    else:
+                        receive = await self._fast_post(
+                            match.group(1), scope, receive, send_wrapper
+                        )
+                        if receive is None:
+                            return
                     label = None
             await self.app(scope, self._limited(receive), send_wrapper)
         finally:
@@ -132,6 +139,27 @@ class ServiceMiddleware:
 
         try:
             return await serve_generate_get(self.context, name, scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s", scope["path"])
+            if not started:
+                await error_response(500, "internal", "internal error")(scope, receive, send)
+            raise
+
+    async def _fast_post(
+        self, name: str, scope: Scope, receive: Receive, send: Send
+    ) -> Receive | None:
+        """The lean POST path: None when it answered, else the receive for the route."""
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            return await serve_generate_post(
+                self.context, name, scope, receive, tracking_send, self.max_body
+            )
         except Exception:
             log.exception("unhandled error on %s", scope["path"])
             if not started:

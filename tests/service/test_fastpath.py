@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import AsyncExitStack
 
 import pytest
@@ -140,5 +141,81 @@ def test_unexpected_error_on_the_fast_path_is_a_json_500(store, monkeypatch) -> 
                 name == "gan_serve_requests_total" and labels.get("status") == "500"
                 for name, labels, _ in metric_samples(text)
             )
+
+    run(scenario())
+
+
+# POST bodies: answered by the lean path, or handed on to the route (with the body replayed).
+POST_PLAIN = [
+    {"seed": 1},
+    {"seed": 1, "n": 3, "format": "npy"},
+    {"seed": 1, "n": 2, "format": "png"},
+    {"seeds": [1, 5], "format": "npy", "labels": [2, "3"]},
+    {"seed": 2, "n": 4, "format": "grid", "columns": 2},
+    {"seed": 2, "n": 2, "format": "json", "truncation": 0.5},
+    {"latents": [[0.5] * 8], "labels": 4, "format": "npy"},
+]
+POST_HANDED_ON = [
+    b'{"seed": 1',
+    b"[1, 2]",
+    b'{"seed": -1}',
+    b'{"seed": true}',
+    b'{"seed": 1, "seeds": [1]}',
+    b'{"n": 1000}',
+    b'{"seed": 1, "labels": 99}',
+    b'{"seed": 1, "colour": "red"}',
+    b'{"latents": [[1.0]]}',
+    b"[" * 5000 + b"]" * 5000,
+]
+
+
+def test_post_fast_path_and_route_give_the_same_answers(store, monkeypatch) -> None:
+    answered: list[bool] = []
+    inner = middleware_module.serve_generate_post
+
+    async def spy(*args):  # noqa: ANN002, ANN202
+        result = await inner(*args)
+        answered.append(result is None)
+        return result
+
+    monkeypatch.setattr(middleware_module, "serve_generate_post", spy)
+    json_type = {"Content-Type": "application/json"}
+
+    async def scenario() -> None:
+        async with AsyncExitStack() as stack:
+            fast_app, fast = await stack.enter_async_context(running_app(store))
+            slow_app, slow = await stack.enter_async_context(running_app(store, fast_path=False))
+            cases = [(json.dumps(b).encode(), json_type, True) for b in POST_PLAIN]
+            cases += [(b, json_type, False) for b in POST_HANDED_ON]
+            cases += [
+                (b'{"seed": 3}', {"Content-Type": "text/plain"}, False),
+                (b'{"seed": 3}', {"Content-Type": "application/json; charset=utf-8"}, False),
+                (b"", {}, False),
+            ]
+            for content, headers, lean in cases:
+                answered.clear()
+                a = await fast.post(GEN, content=content, headers=headers)
+                b = await slow.post(GEN, content=content, headers=headers)
+                assert answered == [lean], content[:80]
+                assert a.status_code == b.status_code, content[:80]
+                if a.status_code == 200 and b"seed" in content:
+                    assert list(a.headers.items()) == list(b.headers.items()), content[:80]
+                    assert a.content == b.content, content[:80]
+                else:
+                    assert sorted(a.headers) == sorted(b.headers), content[:80]
+                if a.status_code >= 400:
+                    assert a.json() == b.json(), content[:80]
+                if not lean and content in POST_HANDED_ON:
+                    assert a.status_code in (400, 422), content[:80]
+
+            def counted(app) -> list:  # noqa: ANN001
+                text = app.state.metrics.render().decode()
+                return sorted(
+                    (name, sorted(labels.items()), value)
+                    for name, labels, value in metric_samples(text)
+                    if name in ("gan_serve_requests_total", "gan_serve_refusals_total")
+                )
+
+            assert counted(fast_app) == counted(slow_app)
 
     run(scenario())
