@@ -340,6 +340,32 @@ def test_inference_runs_off_the_event_loop() -> None:
     run(scenario())
 
 
+def test_finish_runs_on_the_worker_once_per_request_after_its_last_batch() -> None:
+    async def scenario():
+        loop_thread = threading.get_ident()
+        calls: list[tuple[int, list[int]]] = []
+
+        def finish(images: np.ndarray) -> bytes:
+            calls.append((threading.get_ident(), images[:, 0, 0, 0].tolist()))
+            if images[0, 0, 0, 0] == 99:
+                raise RuntimeError("encoder failed")
+            return bytes(images[:, 0, 0, 0].tolist())
+
+        b = LatentBatcher(_echo, model="m", max_batch_size=4)
+        spanning, single = await asyncio.gather(
+            b.submit(_z(list(range(10))), finish=finish), b.submit(_z([7]), finish=finish)
+        )
+        assert spanning == bytes(range(10)) and single == bytes([7])
+        assert sorted(c[1] for c in calls) == [list(range(10)), [7]]  # once each, whole request
+        assert all(thread != loop_thread for thread, _ in calls)
+        with pytest.raises(RuntimeError, match="encoder failed"):  # fails its request only
+            await b.submit(_z([99]), finish=finish)
+        assert (await b.submit(_z([5])))[:, 0, 0, 0].tolist() == [5]
+        await b.close()
+
+    run(scenario())
+
+
 def test_with_two_workers_a_free_worker_waits_for_a_fuller_batch() -> None:
     async def scenario():
         slow = _SlowEcho()
