@@ -338,10 +338,11 @@ class LatentBatcher:
     def _drop(self, job: _Job) -> bool:
         """Remove a job's undispatched images from the queue; True if any were dropped."""
         remaining = job.n - job.dispatched
-        try:
-            self._queue.remove(job)
-        except ValueError:
+        # Membership first (identity: eq=False): deque.remove's ValueError would format the
+        # job's repr, arrays included, for every request that was already dispatched.
+        if job not in self._queue:
             return False
+        self._queue.remove(job)
         job.dispatched = job.n
         self._add_queued(-remaining)
         if self.idle:
