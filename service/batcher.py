@@ -163,9 +163,7 @@ class LatentBatcher:
         n = z.shape[0]
         if labels is not None and labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
-        if self._queued + n > self.queue_limit:
-            self._refuse("queue_full")
-            raise QueueFull(self._queued, self.queue_limit, self._retry_after())
+        self.check_room(n)
         self.start()
         loop = asyncio.get_running_loop()
         job = _Job(
@@ -183,6 +181,13 @@ class LatentBatcher:
         self._idle.clear()
         self._wakeup.set()
         return job
+
+    def check_room(self, n: int) -> None:
+        """Raise QueueFull (and count the refusal) if n more images would exceed the limit;
+        callers check before preparing latents, so a refusal under a flood costs little."""
+        if self._queued + n > self.queue_limit:
+            self._refuse("queue_full")
+            raise QueueFull(self._queued, self.queue_limit, self._retry_after())
 
     def withdraw(self, ticket: Ticket) -> None:
         """The caller stopped waiting (client gone): drop its images not yet in a batch."""

@@ -29,6 +29,8 @@ from .context import ServiceContext
 from .errors import ApiError, error_response
 from .manifest import MAX_SEED
 from .routers.generate import (
+    Overloaded,
+    PngPlan,
     PngQuery,
     plan_generate,
     plan_png,
@@ -122,7 +124,9 @@ async def serve_generate_get(
     if model is None:
         return False
     try:
-        plan = plan_png(ctx, model, query, _header(scope, b"if-none-match"))
+        plan: PngPlan | Response = plan_png(ctx, model, query, _header(scope, b"if-none-match"))
+    except Overloaded as exc:  # refused before any work; the route would refuse again
+        plan = _error(exc)
     except ApiError:
         return False  # the route raises the same error, counted by its handler
     if isinstance(plan, Response):
@@ -181,6 +185,9 @@ async def serve_generate_post(
         return _replay(read, receive)
     try:
         plan = plan_generate(ctx, model, request)
+    except Overloaded as exc:  # refused before any work; the route would refuse again
+        await _error(exc)(scope, receive, send)
+        return None
     except ApiError:
         return _replay(read, receive)  # the route raises the same error, counted by its handler
     try:
@@ -191,6 +198,10 @@ async def serve_generate_post(
         response = error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
     await response(scope, receive, send)
     return None
+
+
+def _error(exc: ApiError) -> Response:
+    return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
 
 
 def _replay(read: list[Message], receive: Receive) -> Receive:

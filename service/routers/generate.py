@@ -112,13 +112,7 @@ async def infer(
                 break
             model = newer
         except QueueFull as exc:
-            raise ApiError(
-                503,
-                "queue_full",
-                f"too many images queued for {name}; retry later",
-                None,
-                {"Retry-After": str(exc.retry_after)},
-            ) from None
+            raise _queue_full(name, exc) from None
         except DeadlineExceeded:
             raise ApiError(
                 504, "deadline_exceeded", "deadline passed while queued", "timeout_ms"
@@ -147,6 +141,28 @@ async def _unless_gone(model: LoadedModel, ticket: Ticket, receive: Receive) -> 
     finally:
         gone.remove_done_callback(client_left)
         gone.cancel()
+
+
+class Overloaded(ApiError):
+    """503 ``queue_full``, raised before any work was done for the request."""
+
+
+def _queue_full(name: str, exc: QueueFull) -> ApiError:
+    return Overloaded(
+        503,
+        "queue_full",
+        f"too many images queued for {name}; retry later",
+        None,
+        {"Retry-After": str(exc.retry_after)},
+    )
+
+
+def check_room(model: LoadedModel, n: int) -> None:
+    """Refuse at once (Overloaded) when the model's queue has no room for n more images."""
+    try:
+        model.batcher.check_room(n)
+    except QueueFull as exc:
+        raise _queue_full(model.name, exc) from None
 
 
 def _same_inputs(a: LoadedModel, b: LoadedModel) -> bool:
@@ -269,13 +285,16 @@ def plan_generate(ctx: ServiceContext, model: LoadedModel, body: GenerateRequest
     n = body.count
     _check_n(ctx, n, "latents" if body.latents is not None else "seeds" if body.seeds else "n")
     seeds: list[int] | None
+    z: np.ndarray | None = None
     if body.latents is not None:
         seeds = None
         z = latents_from_request(body.latents, m.nz, "latents")
     else:
         seeds = list(body.seeds) if body.seeds is not None else seeds_for(body.seed, n)
-        z = seed_latents(seeds, m.nz)
     labels = labels_for(m, body.labels, n, seeds)
+    check_room(model, n)  # before the seed latents: a refusal under a flood stays cheap
+    if z is None:
+        z = seed_latents(seeds, m.nz)
     return GeneratePlan(body, seeds, labels, truncate(z, body.truncation))
 
 
@@ -432,6 +451,7 @@ def plan_png(
             return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
     seeds = seeds_for(seed, n)
     labels = labels_for(m, label_value, n, seeds, "label")
+    check_room(model, n)  # before the seed latents: a refusal under a flood stays cheap
     z = truncate(seed_latents(seeds, m.nz), truncation)
     return PngPlan(seeds, labels, z, columns, etag)
 

@@ -7,6 +7,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from service.manifest import latents_from_seeds
@@ -284,9 +285,24 @@ def test_same_seed_same_image_alone_and_at_any_batch_position(store) -> None:
     run(scenario())
 
 
-def test_overload_gets_503_while_accepted_requests_complete(store) -> None:
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_overload_gets_503_while_accepted_requests_complete(store, monkeypatch, fast_path) -> None:
+    import service.routers.generate as generate_module
+
+    latents_made: list[int] = []
+    real_seed_latents = generate_module.seed_latents
+
+    def counting_seed_latents(seeds, nz):  # noqa: ANN001, ANN202
+        latents_made.append(len(seeds))
+        return real_seed_latents(seeds, nz)
+
+    monkeypatch.setattr(generate_module, "seed_latents", counting_seed_latents)
+
     async def scenario():
-        async with running_app(store, queue_limit=20, max_batch_size=8) as (app, c):
+        async with running_app(store, queue_limit=20, max_batch_size=8, fast_path=fast_path) as (
+            app,
+            c,
+        ):
             gate = Gate(app)
             accepted = [
                 asyncio.ensure_future(c.post(GEN, json={"seed": 1, "n": 4, "format": "npy"}))
@@ -301,7 +317,10 @@ def test_overload_gets_503_while_accepted_requests_complete(store) -> None:
             text = (await c.get("/metrics")).text
             assert metric_value(text, "gan_serve_queue_depth_images", model="tiny") == 20
             assert metric_value(text, "gan_serve_requests_in_flight") == 6
+            latents_made.clear()
             refused = await asyncio.gather(*[c.post(GEN, json={"seed": 1}) for _ in range(5)])
+            refused += [await c.get(f"{GEN}?seed=3"), await c.get(f"{GEN}?seed=4&n=2")]
+            assert latents_made == []  # refused before any latent was made
             for r in refused:
                 assert r.status_code == 503
                 assert int(r.headers["retry-after"]) >= 1
@@ -310,9 +329,9 @@ def test_overload_gets_503_while_accepted_requests_complete(store) -> None:
             for r in await asyncio.gather(*accepted):
                 assert npy(r).shape == (4, 8, 8, 1)
             text = (await c.get("/metrics")).text
-            assert metric_value(text, "gan_serve_refusals_total", reason="queue_full") == 5
+            assert metric_value(text, "gan_serve_refusals_total", reason="queue_full") == 7
             assert metric_value(text, "gan_serve_queue_depth_images", model="tiny") == 0
-            assert metric_value(text, "gan_serve_requests_total", status="503") == 5
+            assert metric_value(text, "gan_serve_requests_total", status="503") == 7
 
     run(scenario())
 
