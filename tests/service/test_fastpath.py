@@ -219,3 +219,16 @@ def test_post_fast_path_and_route_give_the_same_answers(store, monkeypatch) -> N
             assert counted(fast_app) == counted(slow_app)
 
     run(scenario())
+
+
+def test_the_lean_routes_stay_documented_in_openapi(store) -> None:
+    async def scenario() -> None:
+        async with running_app(store) as (_, client):
+            paths = (await client.get("/openapi.json")).json()["paths"]
+            route = paths["/v1/models/{name}/generate"]
+            query = {p["name"] for p in route["get"]["parameters"] if p["in"] == "query"}
+            assert query == {"seed", "label", "n", "truncation", "columns"}
+            assert "requestBody" in route["post"]
+            assert "304" in route["get"]["responses"]
+
+    run(scenario())
