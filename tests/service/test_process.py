@@ -50,12 +50,23 @@ def test_concurrent_requests_batch_and_each_gets_its_own_image(tmp_path) -> None
     expected = reference_images(directory, seeds)
     with ServiceProcess(tmp_path, "--max-batch-size", "32", "--threads", "1") as svc:
         with httpx.Client(base_url=svc.url, timeout=30) as client:
+            # One client per thread: an httpx connection pool shared by 64 threads can close
+            # a socket under another thread's read.
+            local = threading.local()
+            opened: list[httpx.Client] = []
 
             def one(seed: int) -> tuple[int, httpx.Response]:
-                return seed, client.post(GEN, json={"seed": seed, "format": "npy"})
+                if not hasattr(local, "client"):
+                    local.client = httpx.Client(base_url=svc.url, timeout=30)
+                    opened.append(local.client)
+                return seed, local.client.post(GEN, json={"seed": seed, "format": "npy"})
 
-            with ThreadPoolExecutor(64) as pool:
-                results = list(pool.map(one, seeds))
+            try:
+                with ThreadPoolExecutor(64) as pool:
+                    results = list(pool.map(one, seeds))
+            finally:
+                for c in opened:
+                    c.close()
             for seed, r in results:
                 assert r.status_code == 200, r.text
                 assert r.headers["x-seeds"] == str(seed)
@@ -82,7 +93,8 @@ def test_sigterm_drains_then_exits_zero(tmp_path) -> None:
         results: list[httpx.Response] = []
 
         def big(seed: int) -> None:
-            results.append(client.post(GEN, json={"seed": seed, "n": 128, "format": "npy"}))
+            with httpx.Client(base_url=svc.url, timeout=60) as own:
+                results.append(own.post(GEN, json={"seed": seed, "n": 128, "format": "npy"}))
 
         threads = [threading.Thread(target=big, args=(i * 1000,)) for i in range(6)]
         for t in threads:
