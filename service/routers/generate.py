@@ -294,8 +294,8 @@ def plan_generate(ctx: ServiceContext, model: LoadedModel, body: GenerateRequest
     labels = labels_for(m, body.labels, n, seeds)
     check_room(model, n)  # before the seed latents: a refusal under a flood stays cheap
     if z is None:
-        z = seed_latents(seeds, m.nz)
-    return GeneratePlan(body, seeds, labels, truncate(z, body.truncation))
+        z = seed_latents(seeds, m, body.truncation)
+    return GeneratePlan(body, seeds, labels, truncate(z, body.truncation, m))
 
 
 async def respond_generate(
@@ -452,7 +452,7 @@ def plan_png(
     seeds = seeds_for(seed, n)
     labels = labels_for(m, label_value, n, seeds, "label")
     check_room(model, n)  # before the seed latents: a refusal under a flood stays cheap
-    z = truncate(seed_latents(seeds, m.nz), truncation)
+    z = truncate(seed_latents(seeds, m, truncation), truncation, m)
     return PngPlan(seeds, labels, z, columns, etag)
 
 
@@ -505,12 +505,12 @@ async def interpolate_route(request: Request, name: str, body: InterpolateReques
     if body.steps > limit:
         raise bad_input("steps", f"at most {limit} steps, got {body.steps}", "out_of_range")
     if body.seeds is not None:
-        ends = seed_latents(body.seeds, m.nz)
+        ends = seed_latents(body.seeds, m, body.truncation)
         first_seed = body.seeds[0]
     else:
         ends = latents_from_request(body.latents, m.nz, "latents")
         first_seed = None
-    z = truncate(interpolate(ends[0], ends[1], body.steps, body.method), body.truncation)
+    z = truncate(interpolate(ends[0], ends[1], body.steps, body.method), body.truncation, m)
     label_value = body.label
     if label_value is None and m.conditional:
         label_value = (first_seed or 0) % m.num_classes

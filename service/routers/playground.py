@@ -26,7 +26,7 @@ from service.batcher import BatcherClosed, DeadlineExceeded, QueueFull
 from service.context import context
 from service.encode import base64_pngs
 from service.latents import interpolate
-from service.manifest import MAX_SEED, latents_from_seeds
+from service.manifest import MAX_SEED, model_latents
 from service.registry import LoadedModel, ModelNotFound
 
 router = APIRouter(tags=["playground"])
@@ -139,7 +139,7 @@ async def samples(
         loaded = _model(request, model)
         seeds = list(range(seed, seed + n))
         labels = _labels(loaded, label, seeds)
-        z = latents_from_seeds(seeds, loaded.manifest.nz)
+        z = model_latents(loaded.manifest, seeds)
         images = await _render(request, loaded, z, labels)
         return {
             "model": model,
@@ -163,7 +163,7 @@ async def interpolate_frames(
 ) -> Response:
     async def work() -> dict[str, Any]:
         loaded = _model(request, model)
-        ends = latents_from_seeds([seed_a, seed_b], loaded.manifest.nz)
+        ends = model_latents(loaded.manifest, [seed_a, seed_b])
         z = interpolate(ends[0], ends[1], steps, "slerp")
         labels = _labels(loaded, label, [seed_a] * steps)
         frames = await _render(request, loaded, z, labels)
