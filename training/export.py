@@ -33,8 +33,10 @@ from service.manifest import (
     ONNX_FILE,
     ArtifactSpec,
     Manifest,
+    TruncationSpec,
     expected_inputs,
     expected_outputs,
+    latents_from_seeds,
     next_version,
     sha256_file,
     utc_now,
@@ -161,14 +163,22 @@ def check_graph(path: Path) -> int:
 
 
 def parity_check(
-    reference: Generator, onnx_path: Path, cfg: ModelConfig, *, samples: int = PARITY_SAMPLES
+    reference: Generator,
+    onnx_path: Path,
+    cfg: ModelConfig,
+    *,
+    samples: int = PARITY_SAMPLES,
+    truncation: TruncationSpec | None = None,
 ) -> int:
     """Run ``samples`` random latents through PyTorch and ONNX Runtime; return the max
-    abs pixel difference, raising :class:`ExportParityError` above the tolerance."""
+    abs pixel difference, raising :class:`ExportParityError` above the tolerance. A model with
+    resample truncation is checked on the latents the service draws for seeds 0..samples-1."""
     import onnxruntime as ort
 
     gen = torch.Generator().manual_seed(1234)
     z = torch.randn(samples, cfg.nz, generator=gen)
+    if truncation is not None:
+        z = torch.from_numpy(latents_from_seeds(range(samples), cfg.nz, truncation.threshold))
     labels = (
         torch.randint(0, cfg.num_classes, (samples,), generator=gen) if cfg.num_classes else None
     )
@@ -204,8 +214,14 @@ def export_generator(
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     description: str = "",
+    family: str = "dcgan",
+    paper: str = "",
+    truncation: TruncationSpec | None = None,
 ) -> Path:
     """Export ``generator`` to ``store/name/<version>/`` and return that directory.
+
+    A generator with a ``for_export()`` method (the families under ``training.families``)
+    supplies its own serving network; a DCGAN gets its BatchNorm folded.
 
     The version directory appears in one rename, fully written, or not at all.
     """
@@ -218,13 +234,15 @@ def export_generator(
     if cfg.num_classes and not class_names:
         class_names = [str(i) for i in range(cfg.num_classes)]
     generator = generator.eval()
-    folded = fold_batchnorm(generator)
+    folded = (
+        generator.for_export() if hasattr(generator, "for_export") else fold_batchnorm(generator)
+    )
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
     try:
         onnx_path = tmp_dir / ONNX_FILE
         _export_onnx(ServingGenerator(folded), cfg, onnx_path)
         opset = check_graph(onnx_path)
-        max_diff = parity_check(generator, onnx_path, cfg)
+        max_diff = parity_check(generator, onnx_path, cfg, truncation=truncation)
         manifest = Manifest(
             name=name,
             version=version,
@@ -244,6 +262,9 @@ def export_generator(
                 "export": {"parity_max_abs_diff": max_diff, "parity_samples": PARITY_SAMPLES},
             },
             evaluation=evaluation or {},
+            family=family,
+            paper=paper,
+            truncation=truncation,
         )
         manifest.save(tmp_dir)
         os.chmod(tmp_dir, 0o755)
@@ -276,9 +297,10 @@ def export_checkpoint(
     extra_training: dict[str, Any] | None = None,
 ) -> Path:
     """Export the (EMA) generator of a training checkpoint, recording its training config."""
-    from training.train import generator_from_checkpoint
+    from training.families import family_of_checkpoint
 
-    generator, cfg, ckpt = generator_from_checkpoint(ckpt_path, use_ema=use_ema)
+    family = family_of_checkpoint(ckpt_path, use_ema=use_ema)
+    generator, cfg, ckpt = family.generator, family.config, family.checkpoint
     history = ckpt.get("history") or []
     training = {
         "train_config": _jsonable(ckpt.get("train_config", {})),
@@ -300,6 +322,9 @@ def export_checkpoint(
         class_names=list(ckpt.get("class_names") or []),
         training=training,
         description=description,
+        family=family.name,
+        paper=family.paper,
+        truncation=family.truncation,
     )
 
 

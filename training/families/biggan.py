@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
+from service.manifest import TruncationSpec
 from training.families.common import calibrate_batchnorm, update_ema
 
 FAMILY = "biggan"
@@ -25,6 +26,8 @@ PAPER = (
     "Brock, Donahue, Simonyan. Large Scale GAN Training for High Fidelity Natural Image "
     "Synthesis (ICLR 2019), arXiv:1809.11096"
 )
+# The truncation trick as served: seeds' latent values beyond the threshold are redrawn.
+TRUNCATION = TruncationSpec(kind="resample", threshold=2.0)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from torch import nn
 from training.families.common import update_ema
 
 FAMILY = "progan"
+TRUNCATION = None  # seeds' latents are used as drawn
 PAPER = "Karras, Aila, Laine, Lehtinen. Progressive Growing of GANs (ICLR 2018), arXiv:1710.10196"
 
 
