@@ -11,9 +11,8 @@ from torch import nn
 from training.families import progan
 from training.families.progan import (
     GrowthSchedule,
+    ProGAN,
     ProGANConfig,
-    ProGANStep,
-    ProGANTrainSettings,
     downsample,
     gradient_penalty,
     minibatch_stddev,
@@ -21,6 +20,7 @@ from training.families.progan import (
     real_at_stage,
     upsample,
 )
+from training.loop import Trainer
 
 TINY = dict(image_size=16, nz=8, embed_dim=4, widths=(8, 8, 4))
 
@@ -94,21 +94,23 @@ def test_gradient_penalty_on_a_linear_critic() -> None:
     assert unit.item() == pytest.approx(0.0, abs=1e-10)
 
 
-def test_training_steps_grow_through_every_stage_with_finite_losses() -> None:
-    torch.manual_seed(0)
-    cfg = ProGANConfig(**TINY)
-    step = ProGANStep(cfg, ProGANTrainSettings(fade_steps=2, stable_steps=1), torch.device("cpu"))
-    real, labels = torch.rand(8, 1, 16, 16) * 2 - 1, torch.arange(8)
-    before = [p.clone() for p in step.g_ema.parameters()]
+def test_shared_loop_grows_through_every_stage_with_finite_losses(
+    tmp_path, tiny_mnist, make_config
+) -> None:
+    cfg = make_config(tmp_path, family="progan", lr=1e-3, beta1=0.0, batch_size=8)
+    trainer = Trainer(cfg, tiny_mnist)
+    trainer.family = ProGAN(phase_images=16)  # 2 steps per phase at batch 8
+    real, labels = tiny_mnist.images[:8], tiny_mnist.labels[:8]
+    before = [p.clone() for p in trainer.g_ema.parameters()]
     stages = []
-    for _ in range(8):
-        stats = step.train_step(real, labels)
+    for _ in range(9):
+        stats = trainer.train_step(real, labels)
         assert all(math.isfinite(v) for v in stats.values())
         stages.append((stats["stage"], stats["alpha"]))
     assert stages[0] == (0, 1.0) and stages[-1] == (2, 1.0)
-    assert any(0 < a < 1 for _, a in stages)
-    after = list(step.g_ema.parameters())
+    assert [a for s, a in stages if s == 1][:2] == [0.5, 1.0]  # alpha climbs 0 -> 1
+    after = list(trainer.g_ema.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
     with torch.no_grad():
-        assert step.g_ema(torch.randn(5, 8), torch.arange(5)).shape == (5, 1, 16, 16)
-        assert step.d(real, labels).shape == (8,)
+        assert trainer.g_ema(torch.randn(5, cfg.nz), torch.arange(5)).shape == (5, 1, 16, 16)
+        assert trainer.d(real, labels).shape == (8,)

@@ -1,82 +1,126 @@
-"""GAN families beyond the DCGAN: each module holds its networks, losses and one training step.
+"""GAN families: each is a model plus its losses; the loop, checkpoints, EMA, logging and DDP
+are shared (:mod:`training.loop`).
 
-:data:`FAMILIES` maps a family name to how to rebuild its generator from a checkpoint's
-``model_config``; the exporter and the evaluation use it, so a checkpoint names its family
-and nothing else needs to know the architectures.
+The family interface
+--------------------
+A family is a subclass of :class:`Family` registered in :data:`FAMILIES` under its ``name``.
+It provides:
+
+- ``name``, ``paper`` (the paper it follows, written into the manifest) and ``description``;
+- ``truncation``: how the service truncates its seeds' latents (a manifest
+  :class:`~service.manifest.TruncationSpec`), None for the plain psi scaling;
+- ``model_config(train_cfg, channels, num_classes)``: its model config dataclass for a run. Every
+  config has ``image_size``, ``channels``, ``nz``, ``num_classes`` and ``to_dict()``, and the
+  generator keeps it as ``g.cfg`` (the grid, the EMA calibration and the exporter read it);
+- ``config_from_dict(d)``: the config back from a checkpoint's ``model_config``;
+- ``build(cfg) -> (G, D)``: freshly initialised models (the loop seeds torch first);
+  ``new_generator(cfg)``: an empty generator to load a checkpoint into;
+- ``optimizers(g, d, train_cfg) -> (opt_g, opt_d)``: Adam with the run's ``lr`` and betas by
+  default;
+- ``d_loss(g, d, batch, train_cfg) -> (loss_d, state)``: the discriminator's loss for one batch,
+  with ``g`` and ``d`` possibly DDP-wrapped; ``state`` (a :class:`StepState`) carries the fakes
+  and whatever the generator step reuses, and ``state.stats`` the scalars to log;
+- ``g_loss(d, batch, state, train_cfg) -> loss_g``: the generator's loss, with ``d`` unwrapped
+  and frozen (so DDP's reducer stays out of G's backward pass);
+- ``serving_generator(g)``: an eval-mode module for export, ``z [N, nz]`` (and ``label [N]``)
+  to images ``[N, C, S, S]`` in [-1, 1] (e.g. with BatchNorm folded away).
+
+Per step the loop draws ``z`` (``torch.randn(N, nz)``), then runs: zero D's gradients, ``d_loss``,
+backward, D's optimiser step; zero G's gradients, freeze D, ``g_loss``, backward, G's optimiser
+step; then the EMA update. The generator's output range is tanh's, [-1, 1], as the data.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from service.manifest import TruncationSpec
 
-
-@dataclass(frozen=True)
-class FamilySpec:
-    module: str  # under training.families
-    config: str  # the model config dataclass
-    step: str  # the training-step class
-    settings: str  # its settings dataclass
-
-
-FAMILIES: dict[str, FamilySpec] = {
-    "progan": FamilySpec("progan", "ProGANConfig", "ProGANStep", "ProGANTrainSettings"),
-    "biggan": FamilySpec("biggan", "BigGANConfig", "BigGANStep", "BigGANTrainSettings"),
-}
-
-
-def family_module(name: str) -> Any:
-    if name not in FAMILIES:
-        raise ValueError(f"unknown family {name!r}; known: {', '.join(sorted(FAMILIES))}")
-    return importlib.import_module(f"training.families.{FAMILIES[name].module}")
-
-
-def model_config(name: str, data: dict[str, Any]) -> Any:
-    return getattr(family_module(name), FAMILIES[name].config)(**data)
-
-
-def build_generator(name: str, config: dict[str, Any]) -> nn.Module:
-    """An untrained generator of family ``name`` for a checkpoint's ``model_config``."""
-    return family_module(name).Generator(model_config(name, config))
-
-
-DCGAN_PAPER = (
-    "Radford, Metz, Chintala. Unsupervised Representation Learning with Deep Convolutional "
-    "Generative Adversarial Networks (ICLR 2016), arXiv:1511.06434"
-)
+if TYPE_CHECKING:
+    from training.loop import TrainConfig
 
 
 @dataclass
-class CheckpointGenerator:
-    """A checkpoint's generator (eval mode) with what the manifest says of its family."""
+class Batch:
+    """One training step's inputs, on the run's device."""
 
-    name: str
-    paper: str
-    truncation: TruncationSpec | None
-    generator: nn.Module
-    config: Any
-    checkpoint: dict[str, Any]
+    real: torch.Tensor  # N x C x S x S in [-1, 1]
+    labels: torch.Tensor | None  # N int64 class ids, None for an unconditional model
+    z: torch.Tensor  # N x nz latents
+    step: int = 0  # steps completed before this one (ProGAN's growth schedule reads it)
 
 
-def family_of_checkpoint(path: str | Path, use_ema: bool = True) -> CheckpointGenerator:
-    """Load the (EMA) generator of any checkpoint: a family's when it names one, else DCGAN."""
-    from training.train import generator_from_checkpoint, load_checkpoint
+@dataclass
+class StepState:
+    """What the D step hands to the G step: the fakes, their labels, and the stats to log."""
 
-    ckpt = load_checkpoint(path)
-    name = ckpt.get("family") or "dcgan"
-    if name == "dcgan":
-        g, cfg, ckpt = generator_from_checkpoint(path, use_ema=use_ema)
-        return CheckpointGenerator(name, DCGAN_PAPER, None, g, cfg, ckpt)
-    module = family_module(name)
-    cfg = model_config(name, ckpt["model_config"])
-    g = module.Generator(cfg)
-    state = ckpt["generator_ema"] if use_ema and ckpt.get("generator_ema") else ckpt["generator"]
-    g.load_state_dict(state)
-    g.eval()
-    return CheckpointGenerator(name, module.PAPER, module.TRUNCATION, g, cfg, ckpt)
+    fake: torch.Tensor
+    fake_labels: torch.Tensor | None
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Family:
+    """Base class of a GAN family; see the module docstring for the contract."""
+
+    name: str = ""
+    paper: str = ""
+    description: str = ""
+    truncation: TruncationSpec | None = None
+
+    def model_config(self, train_cfg: TrainConfig, channels: int, num_classes: int) -> Any:
+        raise NotImplementedError
+
+    def config_from_dict(self, data: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def build(self, cfg: Any) -> tuple[nn.Module, nn.Module]:
+        raise NotImplementedError
+
+    def new_generator(self, cfg: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def optimizers(
+        self, g: nn.Module, d: nn.Module, train_cfg: TrainConfig
+    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        betas = (train_cfg.beta1, train_cfg.beta2)
+        return (
+            torch.optim.Adam(g.parameters(), lr=train_cfg.lr, betas=betas),
+            torch.optim.Adam(d.parameters(), lr=train_cfg.lr, betas=betas),
+        )
+
+    def d_loss(
+        self, g: nn.Module, d: nn.Module, batch: Batch, train_cfg: TrainConfig
+    ) -> tuple[torch.Tensor, StepState]:
+        raise NotImplementedError
+
+    def g_loss(
+        self, d: nn.Module, batch: Batch, state: StepState, train_cfg: TrainConfig
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def serving_generator(self, g: nn.Module) -> nn.Module:
+        return g.eval()
+
+
+def _registry() -> dict[str, Family]:
+    from training.families.biggan import BigGAN
+    from training.families.dcgan import DCGAN
+    from training.families.progan import ProGAN
+
+    return {family.name: family for family in (DCGAN(), ProGAN(), BigGAN())}
+
+
+FAMILIES: tuple[str, ...] = ("dcgan", "progan", "biggan")  # what ``--family`` accepts
+
+
+def get_family(name: str) -> Family:
+    """The registered family called ``name``."""
+    families = _registry()
+    if name not in families:
+        raise ValueError(f"unknown GAN family {name!r}; known: {', '.join(sorted(families))}")
+    return families[name]

@@ -10,8 +10,9 @@ width`` per sample.
 
 from __future__ import annotations
 
-import copy
+import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,10 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
 from service.manifest import TruncationSpec
-from training.families.common import calibrate_batchnorm, update_ema
+from training.families import Batch, Family, StepState
+
+if TYPE_CHECKING:
+    from training.loop import TrainConfig
 
 FAMILY = "biggan"
 PAPER = (
@@ -323,97 +327,66 @@ def spectral_norm_estimate(module: nn.Module) -> torch.Tensor:
         return original.flatten(1).norm() / module.weight.flatten(1).norm()
 
 
-# --- one training step -------------------------------------------------------------------
+# --- the family ------------------------------------------------------------------------
 
 
-@dataclass
-class BigGANTrainSettings:
-    """Two-timescale Adam (betas (0, 0.999)), D steps per G step, orthogonal reg. strength."""
+class BigGAN(Family):
+    """BigGAN in the shared loop: hinge loss, and the orthogonal regulariser added to G's loss
+    (its gradient is the paper's update). Fakes take the real batch's labels.
 
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.0
-    beta2: float = 0.999
-    d_steps: int = 2
-    ortho_weight: float = 1e-4
-    ema_decay: float = 0.999
-
-
-class BigGANStep:
-    """Models and optimisers; :meth:`train_step` is ``d_steps`` D updates then one G update.
-
-    Every D update sees the same real batch split into ``d_steps`` slices with fresh fakes, so
-    one call consumes exactly one loader batch.
+    Widths come from the run's ``ngf`` / ``ndf``: at 32 x 32, G 8f, 4f, 2f, f at 4, 8, 16, 32
+    and D f, 2f, 4f, 4f. ``nz`` must split into one chunk per G stage (four at 32 x 32).
     """
 
-    family = FAMILY
+    name = FAMILY
+    paper = PAPER
+    description = "BigGAN generator (residual, conditional BN, self-attention, truncation)"
+    truncation = TRUNCATION
 
-    def __init__(self, cfg: BigGANConfig, settings: BigGANTrainSettings, device: torch.device):
-        self.cfg, self.settings, self.device = cfg, settings, device
-        g, d = build_models(cfg)
-        self.g, self.d = g.to(device), d.to(device)
-        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
-        betas = (settings.beta1, settings.beta2)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=settings.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=settings.lr_d, betas=betas)
-        self.step = 0
+    def __init__(self, ortho_weight: float = 1e-4):
+        self.ortho_weight = ortho_weight
 
-    def _sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(n, self.cfg.nz, device=self.device)
-        y = torch.randint(0, self.cfg.num_classes, (n,), device=self.device)
-        return z, y
+    def model_config(self, train_cfg: TrainConfig, channels: int, num_classes: int) -> BigGANConfig:
+        if num_classes < 1:
+            raise ValueError("biggan is class-conditional: train it on labelled data")
+        stages = int(math.log2(train_cfg.image_size)) - 1  # 4 x 4 and each 2x up-block
+        f, h = train_cfg.ngf, train_cfg.ndf
+        return BigGANConfig(
+            image_size=train_cfg.image_size,
+            channels=channels,
+            nz=train_cfg.nz,
+            num_classes=num_classes,
+            g_widths=tuple(f * 2 ** (stages - 1 - i) for i in range(stages)),
+            d_widths=tuple(h * min(2**i, 4) for i in range(stages)),
+        )
 
-    def train_step(self, real: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        real, labels = real.to(self.device), labels.to(self.device)
-        n = real.shape[0]
-        stats = {"d_real": 0.0, "d_fake": 0.0, "loss_d": 0.0}
-        for real_part, label_part in zip(
-            real.chunk(self.settings.d_steps), labels.chunk(self.settings.d_steps), strict=True
-        ):
-            self.opt_d.zero_grad(set_to_none=True)
-            z, y = self._sample(real_part.shape[0])
-            with torch.no_grad():
-                fake = self.g(z, y)  # C x S x S
-            score_real = self.d(real_part, label_part)
-            score_fake = self.d(fake, y)
-            loss_d = hinge_d_loss(score_real, score_fake)
-            loss_d.backward()
-            self.opt_d.step()
-            stats["loss_d"] += loss_d.item() / self.settings.d_steps
-            stats["d_real"] += score_real.mean().item() / self.settings.d_steps
-            stats["d_fake"] += score_fake.mean().item() / self.settings.d_steps
+    def config_from_dict(self, data: dict[str, Any]) -> BigGANConfig:
+        return BigGANConfig(**data)
 
-        self.opt_g.zero_grad(set_to_none=True)
-        self.d.requires_grad_(False)
-        z, y = self._sample(n)
-        loss_g = hinge_g_loss(self.d(self.g(z, y), y))
-        ortho = orthogonal_regularisation(self.g)
-        (loss_g + self.settings.ortho_weight * ortho).backward()
-        self.opt_g.step()
-        self.d.requires_grad_(True)
+    def build(self, cfg: BigGANConfig) -> tuple[nn.Module, nn.Module]:
+        return build_models(cfg)
 
-        self.step += 1
-        update_ema(self.g_ema, self.g, self.settings.ema_decay, self.step)
-        return {**stats, "loss_g": loss_g.item(), "ortho": ortho.item()}
+    def new_generator(self, cfg: BigGANConfig) -> nn.Module:
+        return Generator(cfg)
 
-    def finish_epoch(self, batch_size: int) -> None:
-        """The EMA weights never ran forward: recompute their BatchNorm statistics."""
-        calibrate_batchnorm(self.g_ema, batch_size, self.device)
+    def d_loss(
+        self, g: nn.Module, d: nn.Module, batch: Batch, train_cfg: TrainConfig
+    ) -> tuple[torch.Tensor, StepState]:
+        fake = g(batch.z, batch.labels)  # C x S x S
+        score_real = d(batch.real, batch.labels)
+        score_fake = d(fake.detach(), batch.labels)
+        stats = {"score_real": score_real.detach().mean(), "score_fake": score_fake.detach().mean()}
+        generator = getattr(g, "module", g)  # unwrapped from DDP: G's loss regularises it
+        state = StepState(fake, batch.labels, stats, {"generator": generator})
+        return hinge_d_loss(score_real, score_fake), state
 
-    def state_dict(self) -> dict:
-        return {
-            "generator": self.g.state_dict(),
-            "generator_ema": self.g_ema.state_dict(),
-            "discriminator": self.d.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "step": self.step,
-        }
+    def g_loss(
+        self, d: nn.Module, batch: Batch, state: StepState, train_cfg: TrainConfig
+    ) -> torch.Tensor:
+        g_loss = hinge_g_loss(d(state.fake, state.fake_labels))
+        if not self.ortho_weight:
+            return g_loss
+        return g_loss + self.ortho_weight * orthogonal_regularisation(state.extra["generator"])
 
-    def load_state_dict(self, state: dict) -> None:
-        self.g.load_state_dict(state["generator"])
-        self.g_ema.load_state_dict(state["generator_ema"])
-        self.d.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.step = int(state["step"])
+    def serving_generator(self, g: nn.Module) -> nn.Module:
+        return g.for_export()

@@ -14,15 +14,18 @@ that works with a Wasserstein critic.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.families.common import update_ema
+from training.families import Batch, Family, StepState
+
+if TYPE_CHECKING:
+    from training.loop import TrainConfig
 
 FAMILY = "progan"
 TRUNCATION = None  # seeds' latents are used as drawn
@@ -321,7 +324,7 @@ class WGANGPLoss:
         label: torch.Tensor | None,
         stage: int,
         alpha: float,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         score_real = d(real, label, stage=stage, alpha=alpha)
         score_fake = d(fake, label, stage=stage, alpha=alpha)
         eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
@@ -333,9 +336,9 @@ class WGANGPLoss:
             + self.drift * (score_real**2).mean()
         )
         stats = {
-            "d_real": score_real.mean().item(),
-            "d_fake": score_fake.mean().item(),
-            "gp": gp.item(),
+            "score_real": score_real.detach().mean(),
+            "score_fake": score_fake.detach().mean(),
+            "gp": gp.detach(),
         }
         return loss, stats
 
@@ -345,85 +348,82 @@ class WGANGPLoss:
         return -d(fake, label, stage=stage, alpha=alpha).mean()
 
 
-# --- one training step -------------------------------------------------------------------
+# --- the family ------------------------------------------------------------------------
 
 
-@dataclass
-class ProGANTrainSettings:
-    """The paper's optimiser (Adam lr 1e-3, betas (0, 0.99), one critic step per G step)."""
+class ProGAN(Family):
+    """ProGAN in the shared loop: WGAN-GP critic step (the penalty's double backward happens
+    inside ``d_loss``), the growth schedule read from the loop's step counter.
 
-    lr: float = 1e-3
-    beta1: float = 0.0
-    beta2: float = 0.99
-    fade_steps: int = 300
-    stable_steps: int = 300
-    gp_weight: float = 10.0
-    drift: float = 1e-3
-    ema_decay: float = 0.999
+    ``phase_images``: images shown per fade-in and per stabilisation phase (the paper's 800k,
+    here 9,600: 300 steps of 32). Adam uses the run's ``lr`` and ``beta1`` with the paper's
+    beta2 = 0.99.
+    """
+
+    name = FAMILY
+    paper = PAPER
+    description = "Progressive GAN generator (grown 4 to 32, conditional)"
+    truncation = TRUNCATION
+
+    def __init__(self, phase_images: int = 9600, gp_weight: float = 10.0, drift: float = 1e-3):
+        self.phase_images = phase_images
+        self.loss = WGANGPLoss(gp_weight, drift)
+
+    def model_config(self, train_cfg: TrainConfig, channels: int, num_classes: int) -> ProGANConfig:
+        stages = int(math.log2(train_cfg.image_size)) - 1
+        f = train_cfg.ngf  # width at the last stage; earlier stages double it, up to 4 * ngf
+        widths = tuple(min(4 * f, f * 2 ** (stages - 1 - i)) for i in range(stages))
+        return ProGANConfig(
+            image_size=train_cfg.image_size,
+            channels=channels,
+            nz=train_cfg.nz,
+            num_classes=num_classes,
+            widths=widths,
+        )
+
+    def config_from_dict(self, data: dict[str, Any]) -> ProGANConfig:
+        return ProGANConfig(**data)
+
+    def build(self, cfg: ProGANConfig) -> tuple[nn.Module, nn.Module]:
+        return build_models(cfg)
+
+    def new_generator(self, cfg: ProGANConfig) -> nn.Module:
+        return Generator(cfg)
+
+    def optimizers(
+        self, g: nn.Module, d: nn.Module, train_cfg: TrainConfig
+    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        betas = (train_cfg.beta1, 0.99)
+        return (
+            torch.optim.Adam(g.parameters(), lr=train_cfg.lr, betas=betas),
+            torch.optim.Adam(d.parameters(), lr=train_cfg.lr, betas=betas),
+        )
+
+    def schedule(self, cfg: ProGANConfig, batch_size: int) -> GrowthSchedule:
+        steps = max(1, self.phase_images // batch_size)
+        return GrowthSchedule(cfg.stages, fade_steps=steps, stable_steps=steps)
+
+    def d_loss(
+        self, g: nn.Module, d: nn.Module, batch: Batch, train_cfg: TrainConfig
+    ) -> tuple[torch.Tensor, StepState]:
+        cfg = _unwrap(g).cfg
+        stage, alpha = self.schedule(cfg, batch.real.shape[0]).at(batch.step)
+        real = real_at_stage(batch.real, stage, cfg.stages, alpha)  # faded like G's output
+        fake = g(batch.z, batch.labels, stage=stage, alpha=alpha)  # C x r x r
+        loss_d, stats = self.loss.d_loss(d, real, fake.detach(), batch.labels, stage, alpha)
+        stats["stage"], stats["alpha"] = torch.tensor(float(stage)), torch.tensor(alpha)
+        return loss_d, StepState(fake, batch.labels, stats, {"stage": stage, "alpha": alpha})
+
+    def g_loss(
+        self, d: nn.Module, batch: Batch, state: StepState, train_cfg: TrainConfig
+    ) -> torch.Tensor:
+        return self.loss.g_loss(
+            d, state.fake, state.fake_labels, state.extra["stage"], state.extra["alpha"]
+        )
+
+    def serving_generator(self, g: nn.Module) -> nn.Module:
+        return g.for_export()
 
 
-class ProGANStep:
-    """Models, optimisers and the growth schedule; :meth:`train_step` is one D then one G update."""
-
-    family = FAMILY
-
-    def __init__(self, cfg: ProGANConfig, settings: ProGANTrainSettings, device: torch.device):
-        self.cfg, self.settings, self.device = cfg, settings, device
-        g, d = build_models(cfg)
-        self.g, self.d = g.to(device), d.to(device)
-        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
-        betas = (settings.beta1, settings.beta2)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=settings.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=settings.lr, betas=betas)
-        self.schedule = GrowthSchedule(cfg.stages, settings.fade_steps, settings.stable_steps)
-        self.loss = WGANGPLoss(settings.gp_weight, settings.drift)
-        self.step = 0
-
-    def train_step(self, real: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        stage, alpha = self.schedule.at(self.step)
-        real = real_at_stage(real.to(self.device), stage, self.cfg.stages, alpha)
-        label = labels.to(self.device) if self.cfg.num_classes else None
-        z = torch.randn(real.shape[0], self.cfg.nz, device=self.device)
-
-        self.opt_d.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            fake = self.g(z, label, stage=stage, alpha=alpha)  # C x r x r
-        loss_d, stats = self.loss.d_loss(self.d, real, fake, label, stage, alpha)
-        loss_d.backward()
-        self.opt_d.step()
-
-        self.opt_g.zero_grad(set_to_none=True)
-        self.d.requires_grad_(False)
-        fake = self.g(z, label, stage=stage, alpha=alpha)
-        loss_g = self.loss.g_loss(self.d, fake, label, stage, alpha)
-        loss_g.backward()
-        self.opt_g.step()
-        self.d.requires_grad_(True)
-
-        self.step += 1
-        update_ema(self.g_ema, self.g, self.settings.ema_decay, self.step)
-        return {
-            "loss_d": loss_d.item(),
-            "loss_g": loss_g.item(),
-            "stage": stage,
-            "alpha": alpha,
-            **stats,
-        }
-
-    def state_dict(self) -> dict:
-        return {
-            "generator": self.g.state_dict(),
-            "generator_ema": self.g_ema.state_dict(),
-            "discriminator": self.d.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "step": self.step,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.g.load_state_dict(state["generator"])
-        self.g_ema.load_state_dict(state["generator_ema"])
-        self.d.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.step = int(state["step"])
+def _unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)  # a DDP wrapper's model
