@@ -27,6 +27,7 @@ def model_info(model: LoadedModel, registry: ModelRegistry) -> dict:
         "image_size": m.image_size,
         "channels": m.channels,
         "batch_sizes": model.runtime.batch_sizes,
+        "family": m.family,
         "description": m.description,
         "evaluation": m.evaluation,
         "manifest": m.model_dump(mode="json"),
