@@ -67,7 +67,8 @@ def ship(
         store,
         name,
         version=version,
-        description="Class-conditional DCGAN generator of 32x32 MNIST digits (labels 0-9)",
+        description=f"Class-conditional {_family_description(checkpoint)} of 32x32 MNIST digits "
+        "(labels 0-9)",
         extra_training=provenance,
     )
     result = evaluate_generator(
@@ -80,6 +81,14 @@ def ship(
     if build_archive:
         build_mar(version_dir, Path(store) / f"{name}.mar")
     return version_dir, result
+
+
+def _family_description(checkpoint: str | Path) -> str:
+    """E.g. "DCGAN generator", from the family the checkpoint records."""
+    from training.checkpoint import load_checkpoint
+    from training.families import get_family
+
+    return get_family(load_checkpoint(checkpoint).get("family", "dcgan")).description
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

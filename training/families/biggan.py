@@ -340,7 +340,7 @@ class BigGAN(Family):
 
     name = FAMILY
     paper = PAPER
-    description = "BigGAN generator (residual, conditional BN, self-attention, truncation)"
+    description = "BigGAN generator"
     truncation = TRUNCATION
 
     def __init__(self, ortho_weight: float = 1e-4):

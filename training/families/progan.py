@@ -362,7 +362,7 @@ class ProGAN(Family):
 
     name = FAMILY
     paper = PAPER
-    description = "Progressive GAN generator (grown 4 to 32, conditional)"
+    description = "Progressive GAN generator"
     truncation = TRUNCATION
 
     def __init__(self, phase_images: int = 9600, gp_weight: float = 10.0, drift: float = 1e-3):
