@@ -103,11 +103,12 @@ class Family:
 
 def _registry() -> dict[str, Family]:
     from training.families.dcgan import DCGAN
+    from training.families.gan2014 import GAN2014
 
-    return {family.name: family for family in (DCGAN(),)}
+    return {family.name: family for family in (DCGAN(), GAN2014())}
 
 
-FAMILIES: tuple[str, ...] = ("dcgan",)  # the names ``gan-train train --family`` accepts
+FAMILIES: tuple[str, ...] = ("dcgan", "gan2014")  # the names ``gan-train train --family`` accepts
 
 
 def get_family(name: str) -> Family:
