@@ -110,3 +110,14 @@ def test_gan2014_generator_loss_is_non_saturating() -> None:
     _, state = family.d_loss(g, d, batch, TrainConfig(family="gan2014"))
     loss_g = family.g_loss(d, batch, state, TrainConfig(family="gan2014"))
     assert loss_g.item() == pytest.approx(20.0, abs=0.1)
+
+
+def test_gan2014_output_bias_starts_at_the_pixel_marginals(tiny_mnist: ImageData) -> None:
+    family = get_family("gan2014")
+    g, d = family.build(MLPConfig(image_size=16, nz=4, width=8, d_units=4))
+    family.init_from_data(g, d, tiny_mnist.images)
+    with torch.no_grad():
+        g.out.weight.zero_()  # the output is then the bias alone
+        image = g(torch.randn(1, 4))[0]
+    mean = tiny_mnist.images.mean(dim=0)
+    assert torch.allclose(image, (mean.clamp(-0.998, 0.998)), atol=1e-4)

@@ -179,6 +179,14 @@ class GAN2014(Family):
     def new_generator(self, cfg: MLPConfig) -> nn.Module:
         return MLPGenerator(cfg)
 
+    @torch.no_grad()
+    def init_from_data(self, g: nn.Module, d: nn.Module, images: torch.Tensor) -> None:
+        """The sigmoid output's bias from the pixels' marginals, logit(mean pixel), as in the
+        paper's code: G starts at the mean image instead of flat grey, so D cannot win on
+        the background alone."""
+        mean = ((images.float() + 1.0) / 2.0).mean(dim=0).flatten().clamp(1e-3, 1.0 - 1e-3)
+        g.out.bias.copy_(torch.log(mean / (1.0 - mean)))
+
     def d_loss(
         self, g: nn.Module, d: nn.Module, batch: Batch, train_cfg: TrainConfig
     ) -> tuple[torch.Tensor, StepState]:
