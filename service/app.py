@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Generate images from GAN generators (ONNX) with dynamic batching.",
         lifespan=lifespan,
-        # Served by routers/docs.py from installed assets, not FastAPI's CDN-backed pages.
+        # /docs and /openapi.json come from routers/docs.py, with no CDN behind them.
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
