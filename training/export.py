@@ -207,11 +207,13 @@ def export_generator(
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     description: str = "",
+    family: str = "dcgan",
 ) -> Path:
-    """Export ``generator`` to ``store/name/<version>/`` and return that directory.
-
-    The version directory appears in one rename, fully written, or not at all.
+    """Export ``generator`` (of the GAN ``family``) to ``store/name/<version>/`` and return
+    that directory. The version directory appears in one rename, fully written, or not at all.
     """
+    from training.families import get_family
+
     model_dir = Path(store) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir) if version is None else version
@@ -221,7 +223,7 @@ def export_generator(
     if cfg.num_classes and not class_names:
         class_names = [str(i) for i in range(cfg.num_classes)]
     generator = generator.eval()
-    folded = fold_batchnorm(generator)
+    folded = get_family(family).serving_generator(generator)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
     try:
         onnx_path = tmp_dir / ONNX_FILE
@@ -279,9 +281,10 @@ def export_checkpoint(
     extra_training: dict[str, Any] | None = None,
 ) -> Path:
     """Export the (EMA) generator of a training checkpoint, recording its training config."""
-    from training.train import generator_from_checkpoint
+    from training.checkpoint import generator_from_checkpoint
 
     generator, cfg, ckpt = generator_from_checkpoint(ckpt_path, use_ema=use_ema)
+    family = ckpt.get("family", "dcgan")
     history = ckpt.get("history") or []
     training = {
         "train_config": _jsonable(ckpt.get("train_config", {})),
@@ -303,6 +306,7 @@ def export_checkpoint(
         class_names=list(ckpt.get("class_names") or []),
         training=training,
         description=description,
+        family=family,
     )
 
 
@@ -419,7 +423,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.train import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     name = args.name or model_name_from_run(args.checkpoint)
     ckpt = load_checkpoint(args.checkpoint)

@@ -43,7 +43,8 @@ def ship(
 
     The name is checked before training starts, so a run is never lost to a refusal.
     """
-    from training.train import TrainConfig, load_checkpoint, train
+    from training.checkpoint import load_checkpoint
+    from training.loop import TrainConfig, train
 
     provenance: dict[str, Any] = {}
     if checkpoint is None:
