@@ -13,6 +13,7 @@ from functools import partial
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
+from .admission import make_admission
 from .context import ServiceContext
 from .errors import ServiceError, install_error_handlers
 from .fastpath import LeanRoutes
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.admission = make_admission(ctx)
 
     def count(path: str, exc: ServiceError) -> None:
         count_refusal(ctx, path, exc)

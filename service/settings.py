@@ -66,6 +66,19 @@ class Settings(BaseSettings):
         description="serve plain GET .../generate queries without FastAPI's per-request work",
     )
 
+    # Connections (service/server_limits.py).
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="longest wait for a request head (408 after)"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="longest wait for a request body once its head is in"
+    )
+    keep_alive_timeout_s: int = Field(default=5, ge=1, description="idle keep-alive connections")
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="request line + headers")
+    max_connections: int = Field(
+        default=2048, ge=1, description="open connections; more are answered 503 and closed"
+    )
+
     # Lifecycle.
     warmup: bool = True
     watch_interval_s: float = Field(default=0.0, ge=0, description="poll the store; 0 = off")

@@ -69,7 +69,7 @@ async def _lookup(request: Request, name: str, version: str | None) -> LoadedMod
     try:
         return await resolve(ctx, name, int(version))
     except ServiceError as exc:
-        if exc.code != "forbidden":
+        if exc.code not in ("forbidden", "version_not_found", "version_not_loaded"):
             raise
         loaded = serving(ctx, name)
         raise v2_error(
