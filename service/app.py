@@ -27,7 +27,7 @@ from .settings import Settings
 log = logging.getLogger("gan_serve")
 
 ROUTERS_PACKAGE = f"{__package__}.routers"
-CORE_ROUTERS = ("health", "models", "generate", "admin")
+CORE_ROUTERS = ("health", "models", "generate", "admin", "docs")
 # Routers other parts of the project add; included when their module exists.
 OPTIONAL_ROUTERS = ("kserve", "playground")
 
@@ -74,6 +74,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Generate images from GAN generators (ONNX) with dynamic batching.",
         lifespan=lifespan,
+        # Served by routers/docs.py from installed assets, not FastAPI's CDN-backed pages.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.context = ctx
     app.state.registry = registry

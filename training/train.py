@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from service.manifest import latents_from_seeds
 from training.data import DatasetError, ImageData, load_training_data, passthrough_collate
-from training.model import Generator, ModelConfig, build_models
+from training.model import IMAGE_SIZE_HELP, Generator, ModelConfig, build_models
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
@@ -69,6 +70,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # cap batches per epoch (quick runs and tests)
     keep_epoch_checkpoints: bool = False  # also write checkpoints/epoch_<k>.pt
     resume: bool = False
+    force: bool = False  # start over in an out_dir that holds a run (its outputs are removed)
     progress: bool = True
     threads: int | None = None  # torch intra-op threads (None: torch's default)
 
@@ -83,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"mode_seeking must be >= 0, got {self.mode_seeking}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.resume and self.force:
+            raise ValueError("--resume and --force exclude each other: continue or start over")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -297,12 +301,34 @@ def save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointError(ValueError):
+    """A file that is not a gan-train checkpoint, or one missing what the caller needs."""
+
+
+REQUIRED_KEYS = ("model_config", "generator", "epoch", "step")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint onto the CPU (tensors, numbers, strings and lists only)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; pass a run's checkpoints/last.pt"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several kinds for a file of the wrong format
+        raise CheckpointError(
+            f"{path} is not a gan-train checkpoint ({type(exc).__name__}); "
+            "pass a run's checkpoints/last.pt"
+        ) from exc
+    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a gan-train checkpoint (no {', '.join(missing)}); "
+            "pass a run's checkpoints/last.pt"
+        )
+    return ckpt
 
 
 def generator_from_checkpoint(
@@ -310,10 +336,18 @@ def generator_from_checkpoint(
 ) -> tuple[Generator, ModelConfig, dict[str, Any]]:
     """The generator of a checkpoint in eval mode: the EMA copy when there is one and asked for."""
     ckpt = load_checkpoint(path)
-    cfg = ModelConfig(**ckpt["model_config"])
-    g = Generator(cfg)
-    state = ckpt["generator_ema"] if use_ema and ckpt.get("generator_ema") else ckpt["generator"]
-    g.load_state_dict(state)
+    try:
+        cfg = ModelConfig(**ckpt["model_config"])
+        g = Generator(cfg)
+        state = (
+            ckpt["generator_ema"] if use_ema and ckpt.get("generator_ema") else ckpt["generator"]
+        )
+        g.load_state_dict(state)
+    except (TypeError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path}: its generator does not match its model_config ({type(exc).__name__}); "
+            "was it written by another version of gan-train?"
+        ) from exc
     g.eval()
     return g, cfg, ckpt
 
@@ -339,6 +373,33 @@ def _batches(loader: DataLoader, limit: int | None) -> Iterator[tuple[torch.Tens
         yield batch
 
 
+RUN_OUTPUTS = (CHECKPOINT_DIR, SAMPLES_DIR, METRICS_FILE, LOSS_CURVE_FILE)
+
+
+class RunExistsError(FileExistsError):
+    """The run folder already holds a run, and neither --resume nor --force was given."""
+
+
+def prepare_run_dir(cfg: TrainConfig, rt: Runtime) -> None:
+    """Refuse to train over an existing run unless asked to continue (--resume) or to start
+    over (--force, which removes that run's outputs and nothing else in the folder)."""
+    out = Path(cfg.out_dir)
+    found = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if not found or cfg.resume:
+        return
+    if not cfg.force:
+        raise RunExistsError(
+            f"{out} already holds a training run ({', '.join(found)}); pass --resume to "
+            "continue it, --force to start over (removes it), or another --out-dir"
+        )
+    if rt.is_main:
+        for name in found:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if rt.distributed:
+        dist.barrier()
+
+
 class Trainer:
     """Holds the models, optimisers and state of one run; :meth:`fit` trains to ``cfg.epochs``."""
 
@@ -348,6 +409,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.out = Path(cfg.out_dir)
+        prepare_run_dir(cfg, self.rt)
         self.data = (
             data if data is not None else load_training_data(cfg.data, cfg.image_size, cfg.channels)
         )
@@ -625,6 +687,12 @@ class Trainer:
                 f"training {self.mcfg} on {len(self.data)} images from {self.data.source} "
                 f"({self.rt.device}, {self.rt.world_size} process(es), amp={self.amp})"
             )
+        if self.epoch >= self.cfg.epochs:
+            self._log(
+                f"nothing left to do: {self.checkpoint_path} has finished {self.epoch} of "
+                f"{self.cfg.epochs} epochs; pass a larger --epochs to train further"
+            )
+            return self.checkpoint_path
         while self.epoch < self.cfg.epochs:
             self.end_epoch(self.train_epoch())
         if self.rt.is_main:
@@ -650,44 +718,47 @@ def train(cfg: TrainConfig, data: ImageData | None = None) -> Path:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``gan-train train``; defaults reproduce the shipped model."""
     d = TrainConfig()
-    parser.add_argument("--data", default=d.data, help="'mnist' (embedded) or an image folder")
-    parser.add_argument("--out-dir", default=d.out_dir, help="run folder (checkpoints, samples)")
-    parser.add_argument("--image-size", type=int, default=d.image_size, help="16, 32, 64, 128")
-    parser.add_argument("--channels", type=int, choices=(1, 3), default=None)
-    parser.add_argument(
-        "--unconditional", action="store_true", help="ignore class labels of the data"
-    )
-    parser.add_argument("--nz", type=int, default=d.nz, help="latent size")
-    parser.add_argument("--ngf", type=int, default=d.ngf, help="generator width")
-    parser.add_argument("--ndf", type=int, default=d.ndf, help="discriminator width")
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--beta1", type=float, default=d.beta1)
-    parser.add_argument(
+    add = parser.add_argument
+    add("--data", default=d.data, help="'mnist' (embedded digits) or an image folder")
+    add("--out-dir", default=d.out_dir, help="run folder (checkpoints, samples, metrics)")
+    add("--image-size", type=int, default=d.image_size, help=f"output size: {IMAGE_SIZE_HELP}")
+    add("--channels", type=int, choices=(1, 3), default=None, help="1 or 3 (default: the data's)")
+    add("--unconditional", action="store_true", help="ignore class labels of the data")
+    add("--nz", type=int, default=d.nz, help="latent size")
+    add("--ngf", type=int, default=d.ngf, help="generator width")
+    add("--ndf", type=int, default=d.ndf, help="discriminator width")
+    add("--epochs", type=int, default=d.epochs, help="epochs in all (also with --resume)")
+    add("--batch-size", type=int, default=d.batch_size, help="images per step, per process")
+    add("--lr", type=float, default=d.lr, help="Adam learning rate of G and D")
+    add("--beta1", type=float, default=d.beta1, help="Adam beta1")
+    add(
         "--label-smoothing",
         type=float,
         default=d.label_smoothing,
         help="target for real images (one-sided smoothing; 1.0 disables)",
     )
-    parser.add_argument(
-        "--ema-decay", type=float, default=d.ema_decay, help="EMA of G's weights (0 disables)"
-    )
-    parser.add_argument(
+    add("--ema-decay", type=float, default=d.ema_decay, help="EMA of G's weights (0 disables)")
+    add(
         "--mode-seeking",
         type=float,
         default=d.mode_seeking,
         help="weight of the mode-seeking diversity term (0 disables)",
     )
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
-    parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    parser.add_argument("--num-workers", type=int, default=d.num_workers)
-    parser.add_argument("--steps-per-epoch", type=int, default=None, help="cap batches per epoch")
-    parser.add_argument("--keep-epoch-checkpoints", action="store_true")
-    parser.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add("--seed", type=int, default=d.seed, help="weights, noise and data order")
+    add("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="auto: CUDA if any")
+    add("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    add("--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes")
+    add(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="cap batches per epoch (default: all batches)",
+    )
+    add("--keep-epoch-checkpoints", action="store_true", help="also keep epoch_<k>.pt")
+    add("--resume", action="store_true", help="continue the run in --out-dir from last.pt")
+    add("--force", action="store_true", help="start over in --out-dir, removing its run")
+    add("--no-progress", action="store_true", help="no progress bar")
+    add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -714,18 +785,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         steps_per_epoch=args.steps_per_epoch,
         keep_epoch_checkpoints=args.keep_epoch_checkpoints,
         resume=args.resume,
+        force=args.force,
         progress=not args.no_progress,
         threads=args.threads,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_from_args(args)
-        path = train(cfg)
-    except (DatasetError, ValueError, FileNotFoundError) as exc:
-        print(f"gan-train train: error: {exc}", file=sys.stderr)
-        return 2
+    """Train; a user's mistake raises, and ``gan-train`` turns it into one line and exit 2."""
+    path = train(config_from_args(args))
     if int(os.environ.get("RANK", "0")) == 0:
         print(path)
     return 0
