@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from service.errors import ApiError
+from service.errors import ServiceError
 
 router = APIRouter(include_in_schema=False)
 
@@ -63,5 +63,5 @@ async def swagger_ui_oauth2_redirect() -> HTMLResponse:
 async def asset(name: str) -> FileResponse:
     path = ASSETS.get(name)
     if path is None:
-        raise ApiError(404, "not_found", f"no docs asset {name!r}", "name")
+        raise ServiceError("not_found", f"no docs asset {name!r}", "name")
     return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
