@@ -65,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     meta["started"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     meta["command"] = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     meta["plan"] = asdict_plan(plan)
+    meta["quick"] = args.quick
     result = {"meta": meta, "models": {}}
     for spec in specs:
         model = resolve_model(spec, args.work)
         entry = bench_model(model, plan, ctx)
-        entry["analysis"] = analyse(entry)
+        entry["analysis"] = analyse(entry, judged=not args.quick)
         result["models"][model.name] = entry
     meta["seconds"] = time.monotonic() - started
     meta["loadavg_end"] = list(os.getloadavg())

@@ -32,9 +32,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def analyse(model: dict[str, Any]) -> dict[str, Any]:
+QUICK_RUN_NOTE = (
+    "This was a quick run (`--quick`: a smoke test, about a second per load level, few"
+    " concurrencies), which does not measure the targets: none is judged here. The full"
+    " `python -m bench` does."
+)
+
+
+def analyse(model: dict[str, Any], judged: bool = True) -> dict[str, Any]:
     """Ratios (service over each other system, best closed-loop images/s of each, same run)
-    and the issue's targets, each with its measured value and whether it was met."""
+    and the targets, each with its measured value and whether it was met; with ``judged``
+    False (a quick run, too short to measure them) ``met`` stays None."""
     runs, ceiling = model["runs"], model["ceiling"]
     service_single = _best(runs, "service", "single")
     service_bulk = _best(runs, "service", "bulk")
@@ -48,7 +56,9 @@ def analyse(model: dict[str, Any]) -> dict[str, Any]:
     targets: list[dict[str, Any]] = []
 
     def target(name: str, value: float | None, goal: str, met: bool | None) -> None:
-        targets.append({"target": name, "value": value, "goal": goal, "met": met})
+        targets.append(
+            {"target": name, "value": value, "goal": goal, "met": met if judged else None}
+        )
 
     def at_least(name: str, value: float | None, goal: float) -> None:
         target(name, value, f">= {goal}", None if value is None else value >= goal)
@@ -119,10 +129,10 @@ def markdown(result: dict[str, Any]) -> str:
     for name, model in result["models"].items():
         values = model["analysis"]["ratios"].values()
         out.append(f"| {name} | " + " | ".join(_fmt(v, 2) for v in values) + " |")
+    quick = meta.get("quick", False)
+    out += ["", "## Targets", ""]
+    out += [QUICK_RUN_NOTE, ""] if quick else []
     out += [
-        "",
-        "## Targets",
-        "",
         "| model | target | measured | goal | met |",
         "|---|---|---|---|---|",
     ]
@@ -130,7 +140,7 @@ def markdown(result: dict[str, Any]) -> str:
         for t in model["analysis"]["targets"]:
             out.append(
                 f"| {name} | {t['target']} | {_fmt(t['value'], 2)} | {t['goal']}"
-                f" | {_fmt(t['met'])} |"
+                f" | {'not judged' if quick else _fmt(t['met'])} |"
             )
     for name, model in result["models"].items():
         c = model["ceiling"]

@@ -16,7 +16,7 @@ from types import FrameType
 import uvicorn
 
 from .app import create_app
-from .http_protocol import http_protocol_class
+from .server_limits import uvicorn_limits
 from .settings import Settings
 
 FLAGS: list[tuple[str, type, str]] = [
@@ -37,7 +37,6 @@ FLAGS: list[tuple[str, type, str]] = [
     ("watch-interval-s", float, "poll the store for new versions (0 = off)"),
     ("drain-timeout-s", float, "longest SIGTERM drain"),
     ("drain-grace-s", float, "keep /readyz at 503 at least this long on SIGTERM"),
-    ("admin-token", str, "bearer token required by reload"),
     ("log-level", str, "debug | info | warning | error"),
 ]
 
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         lifespan="on",
-        http=http_protocol_class(),
+        **uvicorn_limits(settings, app),
     )
     server = DrainingServer(config, drain)
     server.run()

@@ -87,6 +87,8 @@ class Manifest(BaseModel):
     version: int = Field(ge=1)
     created_at: datetime
     description: str = ""
+    family: str = Field(default="", description="GAN family, e.g. dcgan or gan2014")
+    paper: str = Field(default="", description="the paper the family follows")
     nz: int = Field(ge=1, le=4096)
     image_size: int = Field(ge=4, le=4096)
     channels: Literal[1, 3]
@@ -98,8 +100,6 @@ class Manifest(BaseModel):
     truncation: TruncationSpec | None = Field(
         default=None, description="absent: seeds' latents untruncated, psi scales latents"
     )
-    family: str = Field(default="dcgan", description="the generator's architecture family")
-    paper: str = Field(default="", description="the paper the family follows")
     artifact: ArtifactSpec
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)

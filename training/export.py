@@ -233,19 +233,21 @@ def export_generator(
     if cfg.num_classes and not class_names:
         class_names = [str(i) for i in range(cfg.num_classes)]
     generator = generator.eval()
-    gan_family = get_family(family)
-    folded = gan_family.serving_generator(generator)
+    family_spec = get_family(family)
+    folded = family_spec.serving_generator(generator)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
     try:
         onnx_path = tmp_dir / ONNX_FILE
         _export_onnx(ServingGenerator(folded), cfg, onnx_path)
         opset = check_graph(onnx_path)
-        max_diff = parity_check(generator, onnx_path, cfg, truncation=gan_family.truncation)
+        max_diff = parity_check(generator, onnx_path, cfg, truncation=family_spec.truncation)
         manifest = Manifest(
             name=name,
             version=version,
             created_at=utc_now(),
             description=description,
+            family=family_spec.name,
+            paper=family_spec.paper,
             nz=cfg.nz,
             image_size=cfg.image_size,
             channels=cfg.channels,
@@ -260,9 +262,7 @@ def export_generator(
                 "export": {"parity_max_abs_diff": max_diff, "parity_samples": PARITY_SAMPLES},
             },
             evaluation=evaluation or {},
-            family=gan_family.name,
-            paper=gan_family.paper,
-            truncation=gan_family.truncation,
+            truncation=family_spec.truncation,
         )
         manifest.save(tmp_dir)
         os.chmod(tmp_dir, 0o755)

@@ -54,4 +54,5 @@ def test_quick_bench_measures_every_system_without_errors(tmp_path: Path) -> Non
         assert ratios[key] is not None and ratios[key] > 0
     report = (out / "results.md").read_text()
     assert report.index("## Ratios") < report.index("## Targets") < report.index("| system |")
+    assert "does not measure the targets" in report and "**no**" not in report
     assert (out / "p99_vs_throughput.png").read_bytes().startswith(b"\x89PNG")

@@ -42,3 +42,15 @@ def test_family_trains_and_exports_with_parity_and_the_served_latent_rule(
     assert np.abs(served.astype(int) - expected.astype(int)).max() <= 1
     with LocalGenerator(version_dir) as local:  # ganclient --local draws by the same rule
         np.testing.assert_array_equal(local.generate_seeds(seeds, labels), served)
+
+
+@pytest.mark.parametrize("name", ["progan", "biggan"])
+def test_family_runs_are_bitwise_reproducible(tmp_path, tiny_mnist, make_config, name) -> None:
+    states = []
+    for run_dir in ("a", "b"):
+        cfg = make_config(tmp_path / run_dir, family=name, nz=12, batch_size=8, steps_per_epoch=3)
+        states.append(torch.load(train(cfg, tiny_mnist), weights_only=True))
+    for part in ("generator", "generator_ema", "discriminator"):
+        a, b = states[0][part], states[1][part]
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part

@@ -40,7 +40,7 @@ def test_schedule_fades_each_new_stage_in_from_zero_to_one() -> None:
 
 def test_fade_in_blends_generator_and_reals_between_stages() -> None:
     torch.manual_seed(0)
-    g = progan.Generator(ProGANConfig(**TINY)).eval()
+    g = progan.Generator(ProGANConfig(**TINY))  # training mode: the unclamped output
     z, y = torch.randn(3, 8), torch.tensor([0, 4, 9])
     with torch.no_grad():
         old = upsample(g(z, y, stage=1))  # the 8 x 8 network's image, upsampled
@@ -50,6 +50,7 @@ def test_fade_in_blends_generator_and_reals_between_stages() -> None:
         assert torch.allclose(half, (old + new) / 2, atol=1e-5)
         assert not torch.allclose(old, new)
         assert torch.equal(g(z, y), new)  # the exported network is the last stage, faded in
+        assert torch.equal(g.eval()(z, y), new.clamp(-1, 1))  # in the data's range outside
     real = torch.rand(2, 1, 16, 16)
     assert real_at_stage(real, 2, 3, 1.0) is real
     assert torch.allclose(real_at_stage(real, 2, 3, 0.0), upsample(downsample(real)))

@@ -38,8 +38,8 @@ TRUNCATION = TruncationSpec(kind="resample", threshold=2.0)
 class BigGANConfig:
     image_size: int = 32  # S: three 2x up-blocks from 4 x 4
     channels: int = 1  # C
-    nz: int = 128  # latent size, split into (blocks + 1) equal chunks
-    num_classes: int = 10  # BigGAN is class-conditional; 0 is not supported
+    nz: int = 128  # latent size, split into (blocks + 1) chunks
+    num_classes: int = 10  # 0: unconditional (no shared embedding, no projection)
     shared_dim: int = 64  # the shared class embedding
     g_widths: tuple[int, ...] = (128, 64, 32, 32)  # at 4, 8, 16, 32
     d_widths: tuple[int, ...] = (32, 64, 128, 128)  # after each D block: 16, 8, 4, 4
@@ -48,16 +48,16 @@ class BigGANConfig:
     def __post_init__(self) -> None:
         self.g_widths = tuple(self.g_widths)
         self.d_widths = tuple(self.d_widths)
-        if self.num_classes < 1:
-            raise ValueError("BigGAN is class-conditional: num_classes must be >= 1")
         if 4 * 2 ** (len(self.g_widths) - 1) != self.image_size:
             raise ValueError(f"g_widths does not reach image_size {self.image_size}")
-        if self.nz % len(self.g_widths):
-            raise ValueError(f"nz must split into {len(self.g_widths)} equal chunks")
+        if self.nz < len(self.g_widths):
+            raise ValueError(f"nz must be at least {len(self.g_widths)}, one value per chunk")
 
     @property
-    def z_chunk(self) -> int:
-        return self.nz // len(self.g_widths)
+    def z_chunks(self) -> list[int]:
+        """Chunk sizes of the hierarchical latent: as equal as possible, the first ones larger."""
+        k, extra = divmod(self.nz, len(self.g_widths))
+        return [k + (i < extra) for i in range(len(self.g_widths))]
 
     def to_dict(self) -> dict:
         return {**asdict(self), "g_widths": list(self.g_widths), "d_widths": list(self.d_widths)}
@@ -170,12 +170,13 @@ class Generator(nn.Module):
     def __init__(self, cfg: BigGANConfig):
         super().__init__()
         self.cfg = cfg
-        w, k = cfg.g_widths, cfg.z_chunk
-        cond_dim = cfg.shared_dim + k
-        self.shared = nn.Embedding(cfg.num_classes, cfg.shared_dim)  # shared class embedding
-        self.linear = sn(nn.Linear(k, w[0] * 16))  # chunk 0 -> w0 x 4 x 4
+        w, k = cfg.g_widths, cfg.z_chunks
+        shared = cfg.shared_dim if cfg.num_classes else 0
+        if cfg.num_classes:
+            self.shared = nn.Embedding(cfg.num_classes, shared)  # shared class embedding
+        self.linear = sn(nn.Linear(k[0], w[0] * 16))  # chunk 0 -> w0 x 4 x 4
         self.blocks = nn.ModuleList(
-            GBlock(w[i], w[i + 1], cond_dim) for i in range(len(w) - 1)
+            GBlock(w[i], w[i + 1], shared + k[i + 1]) for i in range(len(w) - 1)
         )  # w_i x r -> w_{i+1} x 2r
         res = [8 * 2**i for i in range(len(w) - 1)]  # output resolution of each block
         self.attention = nn.ModuleDict(
@@ -185,13 +186,15 @@ class Generator(nn.Module):
         self.out_conv = sn_conv(w[-1], cfg.channels, 3)  # C x S x S
 
     def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        if label is None:
-            raise ValueError("BigGAN's generator needs labels")
-        chunks = torch.split(z, self.cfg.z_chunk, dim=1)
-        y = self.shared(label)  # shared_dim
+        chunks = torch.split(z, self.cfg.z_chunks, dim=1)
         x = self.linear(chunks[0]).view(-1, self.cfg.g_widths[0], 4, 4)  # w0 x 4 x 4
         for i, block in enumerate(self.blocks):
-            x = block(x, torch.cat([y, chunks[i + 1]], dim=1))  # w_{i+1} x 2r x 2r
+            cond = chunks[i + 1]
+            if self.cfg.num_classes:
+                if label is None:
+                    raise ValueError("a conditional generator needs labels")
+                cond = torch.cat([self.shared(label), cond], dim=1)  # shared_dim + chunk
+            x = block(x, cond)  # w_{i+1} x 2r x 2r
             if str(i) in self.attention:
                 x = self.attention[str(i)](x)
         x = F.relu(self.out_bn(x))
@@ -247,18 +250,22 @@ class Discriminator(nn.Module):
             SelfAttention(w[self.attention_after]) if self.attention_after >= 0 else None
         )
         self.linear = sn(nn.Linear(w[-1], 1))
-        self.embed = sn(nn.Embedding(cfg.num_classes, w[-1]))
+        if cfg.num_classes:
+            self.embed = sn(nn.Embedding(cfg.num_classes, w[-1]))
 
     def forward(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        if label is None:
-            raise ValueError("BigGAN's discriminator needs labels")
         x = image
         for i, block in enumerate(self.blocks):
             x = block(x)
             if i == self.attention_after and self.attention is not None:
                 x = self.attention(x)  # at 16 x 16
         h = F.relu(x).sum(dim=(2, 3))  # global sum pooling: w_last
-        return self.linear(h).view(-1) + (self.embed(label) * h).sum(dim=1)
+        score = self.linear(h).view(-1)
+        if not self.cfg.num_classes:
+            return score
+        if label is None:
+            raise ValueError("a conditional discriminator needs labels")
+        return score + (self.embed(label) * h).sum(dim=1)  # the projection term
 
 
 def _raw_weight(m: nn.Module) -> torch.Tensor:
@@ -347,8 +354,6 @@ class BigGAN(Family):
         self.ortho_weight = ortho_weight
 
     def model_config(self, train_cfg: TrainConfig, channels: int, num_classes: int) -> BigGANConfig:
-        if num_classes < 1:
-            raise ValueError("biggan is class-conditional: train it on labelled data")
         stages = int(math.log2(train_cfg.image_size)) - 1  # 4 x 4 and each 2x up-block
         f, h = train_cfg.ngf, train_cfg.ndf
         return BigGANConfig(

@@ -182,7 +182,8 @@ class Generator(nn.Module):
         if stage > 0 and alpha < 1.0:
             old = upsample(self.to_rgb[stage - 1](previous))  # C x r x r
             image = torch.lerp(old, image, alpha)
-        return image
+        # linear output while training, as in the paper; the data's [-1, 1] range outside it
+        return image if self.training else image.clamp(-1.0, 1.0)
 
     def for_export(self) -> nn.Module:
         """The serving network: the full-resolution generator, faded in, in eval mode."""
