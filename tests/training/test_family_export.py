@@ -54,3 +54,20 @@ def test_family_runs_are_bitwise_reproducible(tmp_path, tiny_mnist, make_config,
         a, b = states[0][part], states[1][part]
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_a_shorter_run_equals_a_longer_runs_checkpoint_at_that_epoch(
+    tmp_path, tiny_mnist, make_config
+) -> None:
+    """Nothing depends on the total epochs: ``--epochs N`` reproduces epoch N of a longer run."""
+    long_cfg = make_config(
+        tmp_path / "long", family="progan", epochs=2, steps_per_epoch=2, keep_epoch_checkpoints=True
+    )
+    train(long_cfg, tiny_mnist)
+    short = torch.load(
+        train(make_config(tmp_path / "short", family="progan", steps_per_epoch=2), tiny_mnist),
+        weights_only=True,
+    )
+    long = torch.load(tmp_path / "long" / "checkpoints" / "epoch_1.pt", weights_only=True)
+    for part in ("generator", "generator_ema", "discriminator"):
+        assert all(torch.equal(short[part][k], long[part][k]) for k in short[part]), part
