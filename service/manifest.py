@@ -72,6 +72,8 @@ class Manifest(BaseModel):
     version: int = Field(ge=1)
     created_at: datetime
     description: str = ""
+    family: str = Field(default="", description="GAN family, e.g. dcgan or gan2014")
+    paper: str = Field(default="", description="the paper the family follows")
     nz: int = Field(ge=1, le=4096)
     image_size: int = Field(ge=4, le=4096)
     channels: Literal[1, 3]

@@ -223,7 +223,8 @@ def export_generator(
     if cfg.num_classes and not class_names:
         class_names = [str(i) for i in range(cfg.num_classes)]
     generator = generator.eval()
-    folded = get_family(family).serving_generator(generator)
+    family_spec = get_family(family)
+    folded = family_spec.serving_generator(generator)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
     try:
         onnx_path = tmp_dir / ONNX_FILE
@@ -235,6 +236,8 @@ def export_generator(
             version=version,
             created_at=utc_now(),
             description=description,
+            family=family_spec.name,
+            paper=family_spec.paper,
             nz=cfg.nz,
             image_size=cfg.image_size,
             channels=cfg.channels,

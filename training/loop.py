@@ -162,6 +162,7 @@ class Trainer:
         # Same initial weights on every rank (seeded), different noise per rank after that.
         torch.manual_seed(cfg.seed)
         g, d = self.family.build(self.mcfg)
+        self.family.init_from_data(g, d, self.data.images)
         dev = self.rt.device
         self.g, self.d = g.to(dev), d.to(dev)
         self.g_ema = copy.deepcopy(self.g).eval() if cfg.ema_decay > 0 else None

@@ -13,6 +13,8 @@ It provides:
 - ``config_from_dict(d)``: the config back from a checkpoint's ``model_config``;
 - ``build(cfg) -> (G, D)``: freshly initialised models (the loop seeds torch first);
   ``new_generator(cfg)``: an empty generator to load a checkpoint into;
+- ``init_from_data(g, d, images)``: data-dependent initialisation right after ``build``, with
+  no random draws (nothing by default);
 - ``optimizers(g, d, train_cfg) -> (opt_g, opt_d)``: Adam with the run's ``lr`` and betas by
   default;
 - ``d_loss(g, d, batch, train_cfg) -> (loss_d, state)``: the discriminator's loss for one batch,
@@ -78,6 +80,9 @@ class Family:
     def new_generator(self, cfg: Any) -> nn.Module:
         raise NotImplementedError
 
+    def init_from_data(self, g: nn.Module, d: nn.Module, images: torch.Tensor) -> None:
+        """Set weights from the training images [N, C, S, S] in [-1, 1]; no random draws."""
+
     def optimizers(
         self, g: nn.Module, d: nn.Module, train_cfg: TrainConfig
     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
@@ -103,11 +108,12 @@ class Family:
 
 def _registry() -> dict[str, Family]:
     from training.families.dcgan import DCGAN
+    from training.families.gan2014 import GAN2014
 
-    return {family.name: family for family in (DCGAN(),)}
+    return {family.name: family for family in (DCGAN(), GAN2014())}
 
 
-FAMILIES: tuple[str, ...] = ("dcgan",)  # the names ``gan-train train --family`` accepts
+FAMILIES: tuple[str, ...] = ("dcgan", "gan2014")  # the names ``gan-train train --family`` accepts
 
 
 def get_family(name: str) -> Family:
