@@ -20,7 +20,7 @@ from fastapi.openapi.docs import (
 )
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from service.errors import ApiError
+from service.errors import ServiceError
 
 router = APIRouter(include_in_schema=False)
 
@@ -77,5 +77,5 @@ async def redoc(request: Request) -> HTMLResponse:
 async def asset(name: str) -> FileResponse:
     path = ASSETS.get(name)
     if path is None:
-        raise ApiError(404, "not_found", f"no docs asset {name!r}", "name")
+        raise ServiceError("not_found", f"no docs asset {name[:64]!r}", "name")
     return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
