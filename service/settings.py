@@ -16,13 +16,22 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GAN_SERVE_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="interface to bind")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port to bind")
     model_store: Path | None = Field(
         default=None,
         description="model_store directory; default ./model_store, else the one beside the package",
     )
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="auto: CUDA when it really runs here, else the CPU"
+    )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="HTTP front-end processes sharing the port, fed by one inference engine "
+        "process; 0 = one per core; 1 = a single process with its own batcher",
+    )
     threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
 
     # Dynamic batcher.
@@ -52,26 +61,34 @@ class Settings(BaseSettings):
     )
 
     # Requests.
-    max_images_per_request: int = Field(default=256, ge=1)
-    max_interpolation_steps: int = Field(default=64, ge=2)
+    max_images_per_request: int = Field(default=256, ge=1, description="largest n")
+    max_interpolation_steps: int = Field(default=64, ge=2, description="largest steps")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="request body limit")
     request_timeout_s: float = Field(default=30.0, gt=0, description="default queue deadline")
-    png_compress_level: int = Field(default=1, ge=0, le=9)
-    encode_threads: int = Field(default=2, ge=1)
+    png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level for PNG")
+    encode_threads: int = Field(default=2, ge=1, description="threads encoding large bodies")
     fast_path: bool = Field(
         default=True,
         description="serve plain GET .../generate queries without FastAPI's per-request work",
     )
 
     # Lifecycle.
-    warmup: bool = True
+    warmup: bool = Field(default=True, description="run every batch size once before ready")
     watch_interval_s: float = Field(default=0.0, ge=0, description="poll the store; 0 = off")
     drain_timeout_s: float = Field(default=30.0, gt=0, description="SIGTERM drain limit")
     drain_grace_s: float = Field(
         default=0.0, ge=0, description="keep /readyz at 503 at least this long before exiting"
     )
     admin_token: str | None = Field(default=None, description="if set, reload needs it")
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="log verbosity"
+    )
+
+    def front_ends(self) -> int:
+        """The number of HTTP front ends: ``workers``, or one per core this process may use."""
+        import os
+
+        return self.workers or len(os.sched_getaffinity(0))
 
     def resolved_model_store(self) -> Path:
         """GAN_SERVE_MODEL_STORE, else ./model_store if present, else the one beside the package."""
