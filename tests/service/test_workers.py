@@ -100,7 +100,7 @@ def test_queue_limit_deadline_and_client_disconnect_reach_the_engine(tmp_path) -
     with ServiceProcess(tmp_path, *args) as svc:
         with ThreadPoolExecutor(2) as pool:
             busy = pool.submit(fresh_post, svc.url, GEN, json=big)
-            time.sleep(0.15)
+            wait_for(lambda: queued(svc) >= 40)
             full = fresh_post(svc.url, GEN, json=big)
             assert full.status_code == 503, full.text
             assert full.json()["error"]["code"] == "queue_full"
