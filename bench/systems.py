@@ -118,7 +118,8 @@ def torchserve_workloads(model: BenchModel) -> dict[str, Workload]:
 def start_service(
     model: BenchModel, cpus: str, threads: int, logs: Path, settings: dict[str, str] | None = None
 ) -> Iterator[RunningSystem]:
-    """``python -m service`` on the model's own store, configured through its environment."""
+    """``python -m service`` on the model's own store, configured through its environment;
+    with its defaults it runs one front end per core it may use (one when pinned to one)."""
     port = free_port()
     env = {
         "GAN_SERVE_HOST": LOOPBACK,
@@ -143,11 +144,20 @@ def service_config(env: dict[str, str]) -> dict[str, Any]:
     """The batching settings the service runs with (its defaults unless the bench set them)."""
     from service.settings import Settings
 
-    keys = ("max_batch_size", "max_batch_delay_ms", "inference_workers", "queue_limit", "threads")
+    keys = (
+        "workers",
+        "max_batch_size",
+        "max_batch_delay_ms",
+        "inference_workers",
+        "queue_limit",
+        "threads",
+    )
     settings = Settings(
         **{k: env[f"GAN_SERVE_{k.upper()}"] for k in keys if f"GAN_SERVE_{k.upper()}" in env}
     )
-    return {k: getattr(settings, k) for k in keys}
+    config = {k: getattr(settings, k) for k in keys}
+    config["front_ends"] = settings.workers or "one per core"
+    return config
 
 
 @contextlib.contextmanager
