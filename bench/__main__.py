@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["started"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     meta["command"] = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     meta["plan"] = asdict_plan(plan)
+    meta["quick"] = args.quick
     result: dict = {"meta": meta, "layouts": {}}
     for layout in layouts:
         if layout == "whole":
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             ctx.log(f"== layout {layout}")
             bench_result = bench_model(model, plan, ctx)
-            bench_result["analysis"] = analyse(bench_result, layout)
+            bench_result["analysis"] = analyse(bench_result, layout, judged=not args.quick)
             entry["models"][model.name] = bench_result
         if layout == "whole" and "service" in systems:
             entry["scaling"] = {models[0].name: measure_scaling(models[0], plan, ctx)}

@@ -32,6 +32,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+QUICK_RUN_NOTE = (
+    "This was a quick run (`--quick`: a smoke test, about a second per load level, few"
+    " concurrencies), which does not measure the targets: none is judged here. The full"
+    " `python -m bench` does."
+)
+
+
 # The pinned layout's ratios committed before the service ran several processes: floors.
 PINNED_FLOORS = {
     "mnist-cdcgan": {"single": 0.52, "bulk": 0.83},
@@ -41,9 +48,10 @@ PINNED_FLOORS = {
 WHOLE_MACHINE_GOALS = {8: 1.5, 64: 1.2, 256: 1.2}
 
 
-def analyse(model: dict[str, Any], layout: str = "pinned") -> dict[str, Any]:
+def analyse(model: dict[str, Any], layout: str = "pinned", judged: bool = True) -> dict[str, Any]:
     """Ratios (service over each other system, best closed-loop images/s of each, same run)
-    and the targets of the layout, each with its measured value and whether it was met."""
+    and the targets of the layout, each with its measured value and whether it was met; with
+    ``judged`` False (a quick run, too short to measure them) ``met`` stays None."""
     runs, ceiling = model["runs"], model["ceiling"]
     service_single = _best(runs, "service", "single")
     service_bulk = _best(runs, "service", "bulk")
@@ -57,7 +65,9 @@ def analyse(model: dict[str, Any], layout: str = "pinned") -> dict[str, Any]:
     targets: list[dict[str, Any]] = []
 
     def target(name: str, value: float | None, goal: str, met: bool | None) -> None:
-        targets.append({"target": name, "value": value, "goal": goal, "met": met})
+        targets.append(
+            {"target": name, "value": value, "goal": goal, "met": met if judged else None}
+        )
 
     def at_least(name: str, value: float | None, goal: float) -> None:
         target(name, value, f">= {goal}", None if value is None else value >= goal)
@@ -165,11 +175,11 @@ def markdown(result: dict[str, Any]) -> str:
             f" {entry.get('client_cpus')}; onnxruntime threads:"
             f" {entry.get('onnxruntime_threads')}.",
         ]
-        out += _layout(entry)
+        out += _layout(entry, meta.get("quick", False))
     return "\n".join(out) + "\n"
 
 
-def _layout(entry: dict[str, Any]) -> list[str]:
+def _layout(entry: dict[str, Any], quick: bool) -> list[str]:
     models = entry["models"]
     first = next(iter(models.values()))["analysis"]["ratios"]
     out = [
@@ -182,10 +192,9 @@ def _layout(entry: dict[str, Any]) -> list[str]:
     for name, model in models.items():
         values = model["analysis"]["ratios"].values()
         out.append(f"| {name} | " + " | ".join(_fmt(v, 2) for v in values) + " |")
+    out += ["", "## Targets", ""]
+    out += [QUICK_RUN_NOTE, ""] if quick else []
     out += [
-        "",
-        "## Targets",
-        "",
         "| model | target | measured | goal | met |",
         "|---|---|---|---|---|",
     ]
@@ -193,7 +202,7 @@ def _layout(entry: dict[str, Any]) -> list[str]:
         for t in model["analysis"]["targets"]:
             out.append(
                 f"| {name} | {t['target']} | {_fmt(t['value'], 2)} | {t['goal']}"
-                f" | {_fmt(t['met'])} |"
+                f" | {'not judged' if quick else _fmt(t['met'])} |"
             )
     for name, rows in (entry.get("scaling") or {}).items():
         base = rows[0]["req_per_s"] if rows else None
@@ -202,14 +211,18 @@ def _layout(entry: dict[str, Any]) -> list[str]:
             f"## Scaling: {name} single images, {rows[0]['concurrency'] if rows else '-'}"
             " connections, against the number of front ends",
             "",
-            "| front ends | req/s | p50 ms | p99 ms | errors | vs 1 front end |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| front ends | req/s | p50 ms | p99 ms | errors | vs 1 front end | CPU ms per request:"
+            " single process or parent | front ends | engine |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
+            cpu = r.get("cpu_ms_per_request") or {}
             out.append(
                 f"| {r['front_ends']} | {_fmt(r['req_per_s'])} | {_fmt(r['p50_ms'], 2)}"
                 f" | {_fmt(r['p99_ms'], 2)} | {r['errors']}"
-                f" | {_fmt(_ratio(r['req_per_s'], base), 2)} |"
+                f" | {_fmt(_ratio(r['req_per_s'], base), 2)} | {_fmt(cpu.get('service'), 3)}"
+                f" | {_fmt(cpu.get('gan-serve-http'), 3)}"
+                f" | {_fmt(cpu.get('gan-serve-infer'), 3)} |"
             )
     for name, model in models.items():
         c = model["ceiling"]

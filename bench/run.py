@@ -279,6 +279,7 @@ def measure_scaling(model: BenchModel, plan: Plan, ctx: Context) -> list[dict[st
                 plan.timeout_s,
                 wrk_threads=ctx.wrk_threads,
             )
+            before = process_cpu_seconds(system.pid)
             row = run_wrk(
                 system.url,
                 single,
@@ -288,9 +289,39 @@ def measure_scaling(model: BenchModel, plan: Plan, ctx: Context) -> list[dict[st
                 plan.timeout_s,
                 wrk_threads=ctx.wrk_threads,
             )
+            after = process_cpu_seconds(system.pid)
+        answered = max(1, row["ok"])
+        row["cpu_ms_per_request"] = {
+            role: round((after[role] - before.get(role, 0.0)) / answered * 1e3, 3) for role in after
+        }
         rows.append({"front_ends": front_ends, **row})
         ctx.log(_line(f"service x{front_ends}", "single", row))
     return rows
+
+
+def process_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of a service process and its children, summed by role:
+    ``service`` (a single process, or the supervising parent), ``gan-serve-http`` (front ends),
+    ``gan-serve-infer`` (the inference engine); children name themselves (PR_SET_NAME)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+
+    def add(p: int, role: str | None) -> None:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            comm = Path(f"/proc/{p}/comm").read_text().strip()
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            return
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        key = role or (comm if comm.startswith("gan-serve-") else "service")
+        totals[key] = totals.get(key, 0.0) + seconds
+        for child in children:
+            add(int(child), None)
+
+    add(pid, "service")
+    return totals
 
 
 def machine_facts() -> dict[str, Any]:

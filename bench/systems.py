@@ -26,6 +26,7 @@ class RunningSystem:
     workloads: dict[str, Workload]
     config: dict[str, Any] = field(default_factory=dict)
     metrics_url: str | None = None
+    pid: int = 0
 
     def histogram_totals(self) -> dict[str, tuple[float, float]] | None:
         """(sum, count) of the service's own histograms, summed over labels (generate routes
@@ -134,9 +135,15 @@ def start_service(
     command = python_command(
         "-m", "service", "--port", str(port), "--model-store", str(model.store)
     )
-    with ServerProcess(command, url + "/readyz", logs / f"service-{model.name}.log", cpus, env):
+    log = logs / f"service-{model.name}.log"
+    with ServerProcess(command, url + "/readyz", log, cpus, env) as server:
         yield RunningSystem(
-            "service", url, service_workloads(model), service_config(env), url + "/metrics"
+            "service",
+            url,
+            service_workloads(model),
+            service_config(env),
+            url + "/metrics",
+            server.pid,
         )
 
 

@@ -24,14 +24,21 @@ def resolve_model_dir(path: str | Path, model: str | None = None) -> Path:
     """Accept a version dir (has manifest.json), a model dir (highest version wins), or a
     store root plus a model name."""
     root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
     if model is not None and (root / model).is_dir():
         root = root / model
     if (root / "manifest.json").is_file():
         return root
     versions = version_dirs(root)
-    if not versions:
-        raise FileNotFoundError(f"no model version with a manifest.json under {root}")
-    return versions[max(versions)]
+    if versions:
+        return versions[max(versions)]
+    models = sorted(d.name for d in root.iterdir() if d.is_dir() and version_dirs(d))
+    if models:
+        raise FileNotFoundError(
+            f"no model {model!r} in {root}; the models there are: {', '.join(models)}"
+        )
+    raise FileNotFoundError(f"no model version with a manifest.json under {root}")
 
 
 class LocalGenerator:

@@ -20,8 +20,9 @@ import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import httpx
 import numpy as np
 
 from ganclient.client import GanClient, GanServeError, ModelInfo
@@ -285,12 +286,39 @@ def parse_labels(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"labels must be comma-separated ints: {text}") from exc
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def service_url(text: str) -> str:
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise argparse.ArgumentTypeError(f"not a URL: {text!r} ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise argparse.ArgumentTypeError(f"expected http://HOST:PORT, got {text!r}")
+    return text
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line naming the problem (and ``--help``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="gan-sample",
         description="Write N generated images as an ImageFolder tree, WebDataset shards or .npz.",
     )
-    p.add_argument("-n", "--num", type=int, required=True, help="number of images")
+    p.add_argument("-n", "--num", type=positive_int, required=True, help="number of images")
     p.add_argument("-o", "--out", required=True, help="output directory (a file for npz)")
     p.add_argument("--layout", choices=LAYOUTS, default="imagefolder")
     p.add_argument("--seed", type=int, default=0, help="base seed: image i uses seed+i")
@@ -300,37 +328,68 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated labels used in turn (default: every class in turn, balanced)",
     )
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
+    p.add_argument(
+        "--url", type=service_url, default="http://127.0.0.1:8000", help="service base URL"
+    )
     p.add_argument("--model", default="mnist-cdcgan", help="model name")
     p.add_argument(
         "--local",
         metavar="PATH",
         help="run the ONNX model in-process from a model store, model or version directory",
     )
-    p.add_argument("--chunk-size", type=int, default=256, help="images per request")
-    p.add_argument("--shard-size", type=int, default=1000, help="images per WebDataset shard")
+    p.add_argument("--chunk-size", type=positive_int, default=256, help="images per request")
+    p.add_argument(
+        "--shard-size", type=positive_int, default=1000, help="images per WebDataset shard"
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--retries", type=int, default=5, help="retries per request on 503/errors")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def open_source(args: argparse.Namespace) -> Any:
+    """The in-process model (``--local``) or a client of the running service."""
     if args.local:
         from ganclient.local import LocalGenerator
 
-        source: Any = LocalGenerator(args.local, args.model, chunk_size=args.chunk_size)
-    else:
-        source = GanClient(
-            args.url,
-            args.model,
-            timeout=args.timeout,
-            chunk_size=args.chunk_size,
-            max_retries=args.retries,
-        )
+        return LocalGenerator(args.local, args.model, chunk_size=args.chunk_size)
+    return GanClient(
+        args.url,
+        args.model,
+        timeout=args.timeout,
+        chunk_size=args.chunk_size,
+        max_retries=args.retries,
+    )
+
+
+def served_models(url: str, timeout: float) -> list[str]:
+    """Names the service at ``url`` serves; empty when it cannot say."""
     try:
-        with source:
+        response = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=timeout)
+        return [m["name"] for m in response.json()["models"]]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return []
+
+
+def explain(exc: Exception, args: argparse.Namespace) -> str:
+    """One line saying what went wrong and what to do about it."""
+    if isinstance(exc, GanServeError) and isinstance(exc.__cause__, httpx.ConnectError):
+        return (
+            f"cannot connect to the service at {args.url} ({exc.__cause__}); start it with "
+            "`gan-serve` in another terminal, point --url at a running one, or sample "
+            "in-process without a server: --local model_store"
+        )
+    if isinstance(exc, GanServeError) and exc.status_code == 404:
+        names = served_models(args.url, args.timeout)
+        if names and args.model not in names:
+            return f"{exc}; the service at {args.url} serves: {', '.join(names)} (use --model)"
+    return str(exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with open_source(args) as source:
             report = run_sample(
                 source,
                 args.out,
@@ -342,8 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shard_size=args.shard_size,
                 progress=not args.no_progress,
             )
-    except (GanServeError, ValueError, FileNotFoundError) as exc:
-        print(f"gan-sample: error: {exc}", file=sys.stderr)
+    except (GanServeError, ValueError, OSError) as exc:
+        print(f"gan-sample: error: {explain(exc, args)}", file=sys.stderr)
         return 2
     print(f"{report.out}: wrote {report.written} images, {report.skipped} already there")
     return 0

@@ -35,8 +35,13 @@ def _flag_type(annotation: Any) -> tuple[Callable[[str], Any] | None, list[str] 
     return str, None
 
 
+# Settings read from the environment only: a flag's value is visible to every local user in
+# the process list.
+ENV_ONLY = frozenset({"admin_token"})
+
+
 def settings_parser() -> argparse.ArgumentParser:
-    """One flag per ``Settings`` field, generated, so no setting can lack its flag."""
+    """One flag per ``Settings`` field (but ENV_ONLY), generated, so no setting can lack it."""
     parser = argparse.ArgumentParser(
         prog="gan-serve",
         description=__doc__.splitlines()[0],
@@ -44,9 +49,13 @@ def settings_parser() -> argparse.ArgumentParser:
         "a flag wins over the environment.",
     )
     for name, field in Settings.model_fields.items():
+        if name in ENV_ONLY:
+            continue
         flag = "--" + name.replace("_", "-")
-        shown = "(none)" if field.default is None else field.default
-        help_text = f"{field.description or name.replace('_', ' ')} (default: {shown})"
+        help_text = f"{field.description or name.replace('_', ' ')} (default: {_shown(field)})"
+        if get_origin(field.annotation) is list:
+            parser.add_argument(flag, action="append", default=None, help=help_text + "; repeat")
+            continue
         if field.annotation is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -55,6 +64,11 @@ def settings_parser() -> argparse.ArgumentParser:
         kind, choices = _flag_type(field.annotation)
         parser.add_argument(flag, type=kind, choices=choices, default=None, help=help_text)
     return parser
+
+
+def _shown(field: Any) -> str:
+    default = field.get_default(call_default_factory=True)
+    return "(none)" if default is None else str(default)
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
@@ -135,7 +149,7 @@ def serve_front_end(
     """Serve HTTP on ``sock`` until SIGTERM, then drain; with ``engine_path``, as one front end
     of several (the parent owns Ctrl-C and tells each front end to drain)."""
     from .app import create_app
-    from .http_protocol import http_protocol_class
+    from .server_limits import uvicorn_limits
 
     app = create_app(settings, engine_path, metrics_dir)
     ctx = app.state.context
@@ -157,7 +171,7 @@ def serve_front_end(
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         lifespan="on",
-        http=http_protocol_class(),
+        **uvicorn_limits(settings, app),
     )
     server = DrainingServer(config, drain, ignore_sigint=supervised)
     server.run(sockets=[sock])

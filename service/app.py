@@ -10,29 +10,32 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
+from .admission import make_admission
 from .context import ServiceContext
-from .errors import install_error_handlers
+from .errors import ServiceError, install_error_handlers
+from .fastpath import LeanRoutes
 from .lifecycle import Lifecycle
 from .metrics import ServiceMetrics
-from .middleware import MODEL_IN_PATH, ServiceMiddleware
+from .middleware import ServiceMiddleware
+from .pipeline import count_refusal
 from .registry import ModelRegistry
 from .settings import Settings
 
 log = logging.getLogger("gan_serve")
 
 ROUTERS_PACKAGE = f"{__package__}.routers"
-CORE_ROUTERS = ("health", "models", "generate", "admin")
+CORE_ROUTERS = ("health", "models", "generate", "admin", "docs")
 # Routers other parts of the project add; included when their module exists.
 OPTIONAL_ROUTERS = ("kserve", "playground")
 
 
 class ServiceApp(FastAPI):
-    """FastAPI with the service's own layer outermost: every HTTP request meets metrics, drain
-    and body-limit checks (and the lean generate path) before FastAPI's own middleware stack,
-    which only the documented routes then pay for."""
+    """FastAPI with the service's own layers outermost: every HTTP request meets the guard
+    (metrics, drain, in-flight cap, body limit), then the lean generate path, before FastAPI's
+    own middleware stack, which only the other routes then pay for."""
 
     service_layer: ServiceMiddleware | None = None
 
@@ -86,23 +89,29 @@ def create_app(
         version="0.1.0",
         summary="Generate images from GAN generators (ONNX) with dynamic batching.",
         lifespan=lifespan,
+        # /docs and /openapi.json come from routers/docs.py, with no CDN behind them.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.context = ctx
     app.state.registry = registry
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.admission = make_admission(ctx)
 
-    def count_bad_request(request: Request) -> None:
-        match = MODEL_IN_PATH.match(request.url.path)
-        metrics.refuse(match.group(1) if match else "", "bad_request")
+    def count(path: str, exc: ServiceError) -> None:
+        count_refusal(ctx, path, exc)
 
-    install_error_handlers(app, count_bad_request)
+    install_error_handlers(app, lambda request, exc: count(request.url.path, exc))
+    routes = partial(FastAPI.__call__, app)
     app.service_layer = ServiceMiddleware(
-        partial(FastAPI.__call__, app),
+        LeanRoutes(routes, ctx) if settings.fast_path else routes,
         metrics=metrics,
         lifecycle=lifecycle,
         max_body_bytes=settings.max_body_bytes,
-        context=ctx if settings.fast_path else None,
+        max_in_flight=settings.max_in_flight,
+        on_refusal=count,
     )
     for name in CORE_ROUTERS:
         app.include_router(importlib.import_module(f"{ROUTERS_PACKAGE}.{name}").router)

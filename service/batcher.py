@@ -103,11 +103,10 @@ class LatentBatcher:
         self._queued = 0  # images not yet handed to a batch
         self._running = 0  # batches in flight
         self._closing = False
-        self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"infer-{model}")
         self._batch_seconds = 0.01  # moving estimate, for Retry-After
         self._depth = metrics.queue_depth.labels(model=model) if metrics is not None else None
@@ -124,8 +123,8 @@ class LatentBatcher:
         return not self._queue and self._running == 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
 
     async def submit(
         self,
@@ -179,7 +178,7 @@ class LatentBatcher:
         self._queue.append(job)
         self._add_queued(n)
         self._idle.clear()
-        self._wakeup.set()
+        self._dispatch()
         return job
 
     def check_room(self, n: int) -> None:
@@ -197,7 +196,8 @@ class LatentBatcher:
     async def close(self, timeout: float | None = None) -> bool:
         """Stop taking work, let queued and running batches finish; True if all finished."""
         self._closing = True
-        self._wakeup.set()
+        if self.idle:
+            self._idle.set()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             finished = True
@@ -208,8 +208,8 @@ class LatentBatcher:
                 if not job.future.done():
                     job.future.set_exception(BatcherClosed(f"{self.model}: closed while queued"))
             self._add_queued(-self._queued)
-        if self._task is not None:
-            self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         self._executor.shutdown(wait=False)
         return finished
 
@@ -218,29 +218,31 @@ class LatentBatcher:
 
     # --- scheduling -----------------------------------------------------------------------
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue and self._running < self.workers:
-                if self._running and self._queued < self.max_batch_size:
-                    # Another batch is running: give this one up to max_batch_delay to fill.
-                    due = self._queue[0].enqueued_at + self.max_batch_delay_s
-                    if loop.time() < due:
-                        self._arm_timer(due)
-                        break
-                pieces = self._take_batch(loop.time())
-                if pieces:
-                    self._running += 1
-                    loop.create_task(self._run(pieces))
-            if self.idle:
-                self._idle.set()
+    def _dispatch(self) -> None:
+        """Start whatever batches may start now. Runs on the event loop, called directly when a
+        request arrives, a batch ends or a batch-delay timer fires: no scheduler task, so a
+        finished batch is followed by the next one within one loop iteration, however busy
+        the loop is with other work (a flood of refused requests, for one)."""
+        loop = self._loop
+        assert loop is not None, "start() first"
+        while self._queue and self._running < self.workers:
+            if self._running and self._queued < self.max_batch_size:
+                # Another batch is running: give this one up to max_batch_delay to fill.
+                due = self._queue[0].enqueued_at + self.max_batch_delay_s
+                if loop.time() < due:
+                    self._arm_timer(due)
+                    break
+            pieces = self._take_batch(loop.time())
+            if pieces:
+                self._running += 1
+                self._start_batch(loop, pieces)
+        if self.idle:
+            self._idle.set()
 
     def _arm_timer(self, due: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_at(due, self._wakeup.set)
+        self._timer = self._loop.call_at(due, self._dispatch)
 
     def _take_batch(self, now: float) -> list[_Piece]:
         """Cut up to max_batch_size images off the head of the queue."""
@@ -263,31 +265,54 @@ class LatentBatcher:
                 self._queue.popleft()
         return pieces
 
-    async def _run(self, pieces: list[_Piece]) -> None:
-        loop = asyncio.get_running_loop()
+    def _start_batch(self, loop: asyncio.AbstractEventLoop, pieces: list[_Piece]) -> None:
+        """Hand a batch to a worker; its end comes back to the loop as one callback."""
         z = np.concatenate([job.z[a:b] for job, a, b in pieces])
         labels = None
         if pieces[0][0].labels is not None:
             labels = np.concatenate([job.labels[a:b] for job, a, b in pieces])
+
+        def work() -> None:
+            try:
+                done: Any = self._work(pieces, z, labels)
+                failed: Exception | None = None
+            except Exception as exc:  # noqa: BLE001 - reported to every request of the batch
+                done, failed = None, exc
+            try:
+                loop.call_soon_threadsafe(self._batch_done, pieces, done, failed)
+            except RuntimeError:  # the loop has closed (shutdown): nobody is waiting
+                pass
+
         try:
-            done = await loop.run_in_executor(self._executor, self._work, pieces, z, labels)
-        except Exception as exc:
-            log.exception("%s: inference failed for a batch of %d", self.model, len(z))
-            for job, _, _ in pieces:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-                self._forget(job)
-        else:
-            for job, result, failed in done:
-                if job.future.done():
-                    continue
-                if failed:
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
+            self._executor.submit(work)
+        except RuntimeError as exc:  # executor shut down
+            self._batch_done(pieces, None, exc)
+
+    def _batch_done(
+        self,
+        pieces: list[_Piece],
+        done: list[tuple[_Job, Any, bool]] | None,
+        failed: Exception | None,
+    ) -> None:
+        """On the loop: deliver a batch's results, then start the next batch at once."""
+        try:
+            if failed is not None:
+                log.error("%s: inference failed for a batch: %r", self.model, failed)
+                for job, _, _ in pieces:
+                    if not job.future.done():
+                        job.future.set_exception(failed)
+                    self._forget(job)
+            else:
+                for job, result, job_failed in done or ():
+                    if job.future.done():
+                        continue
+                    if job_failed:
+                        job.future.set_exception(result)
+                    else:
+                        job.future.set_result(result)
         finally:
             self._running -= 1
-            self._wakeup.set()
+            self._dispatch()
 
     def _work(
         self, pieces: list[_Piece], z: np.ndarray, labels: np.ndarray | None

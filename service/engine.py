@@ -145,22 +145,26 @@ class FrontEndConnection:
         message = str(exc) if error != "error" else f"{type(exc).__name__}: {exc}"
         self.protocol.send(("fail", rid, error, message, 0, queued))
 
-    async def change(self, kind: str, rid: int, name: str, version: int | None) -> None:
-        """Reload (swap the serving version) or pin (load a version beside it)."""
+    async def change(
+        self, kind: str, rid: int, name: str, version: int | None, may_load: bool = False
+    ) -> None:
+        """Reload (swap the serving version) or pin (a version beside it, loaded on first use
+        when the front end allows it)."""
         registry = self.engine.registry
         try:
             if kind == "reload":
                 loaded, previous = await registry.reload(name, version)
             else:
                 assert version is not None
-                loaded, previous = await registry.get_version(name, version), None
+                loaded, previous = await registry.get_version(name, version, may_load), None
         except ModelNotFound:
-            self.protocol.send(("refused", rid, "not_found", "model_not_found", name))
+            self.protocol.send(("refused", rid, "not_found", "model_not_found", name, None))
         except ReloadRefused as exc:
-            self.protocol.send(("refused", rid, "refused", exc.code, str(exc)))
+            failure = ("refused", rid, "refused", exc.code, str(exc), exc.retry_after)
+            self.protocol.send(failure)
         except Exception as exc:  # a reply must always come back
             log.exception("%s %s v%s failed", kind, name, version)
-            self.protocol.send(("refused", rid, "refused", "load_failed", str(exc)))
+            self.protocol.send(("refused", rid, "refused", "load_failed", str(exc), None))
         else:
             self.protocol.send(("reply", rid, model_info(loaded), previous))
 

@@ -349,16 +349,17 @@ class RemoteRegistry(ModelRegistry):
             info.name, info.version, directory, Manifest.load(directory), runtime, batcher
         )
 
-    async def _ask(self, kind: str, name: str, version: int | None) -> tuple[ModelInfo, Any]:
+    async def _ask(self, *request: Any) -> tuple[ModelInfo, Any]:
+        kind, name = request[0], request[1]
         try:
-            reply = await self.link.call((kind, self.link.next_id(), name, version))
+            reply = await self.link.call((kind, self.link.next_id(), *request[1:]))
         except BatcherClosed as exc:
-            raise ReloadRefused(str(exc), "engine_unavailable") from None
+            raise ReloadRefused(str(exc), "engine_unavailable", 1) from None
         if reply[0] == "refused":
-            _, _, error, code, text = reply
+            _, _, error, code, text, retry_after = reply
             if error == "not_found":
                 raise ModelNotFound(name)
-            raise ReloadRefused(text, code)
+            raise ReloadRefused(text, code, retry_after)
         return reply[2], reply[3]
 
     async def reload(self, name: str, version: int | None = None) -> tuple[LoadedModel, int | None]:
@@ -368,13 +369,13 @@ class RemoteRegistry(ModelRegistry):
             self.models[name] = current = self._model(info)
         return current, previous
 
-    async def get_version(self, name: str, version: int) -> LoadedModel:
+    async def get_version(self, name: str, version: int, may_load: bool = False) -> LoadedModel:
         current = self.get(name)
         if current.version == version:
             return current
         key = (name, version)
         if key not in self.pinned:
-            info, _ = await self._ask("pin", name, version)
+            info, _ = await self._ask("pin", name, version, may_load)
             self.pinned[key] = self._model(info)
         return self.pinned[key]
 

@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocol with each response's head and first body chunk sent in one write.
+"""uvicorn's HTTP protocol with each response's head and first body chunk sent in one write,
+and the per-connection limits uvicorn lacks (read timeouts, head size, connection cap).
 
 uvicorn writes the status line and headers as soon as the app sends ``http.response.start`` and
 the body in a second write. A replica killed between those two writes leaves a proxy holding a
@@ -10,7 +11,14 @@ client sees a truncated answer. Joining the head to the first body chunk closes 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+try:
+    import httptools
+except ImportError:  # uvicorn then uses h11
+    httptools = None
 
 _HEAD_END = b"\r\n\r\n"
 _INTERIM = b"HTTP/1.1 1"  # 1xx answers (100 Continue) must go out at once
@@ -74,3 +82,174 @@ def http_protocol_class() -> type:
         from uvicorn.protocols.http.h11_impl import H11Protocol
 
         return _coalescing(H11Protocol)
+
+
+# --- connection limits ---------------------------------------------------------------------
+
+Admission = Callable[[str, str], "bytes | None"]
+"""``(method, path) -> None`` to serve the request, or a whole HTTP response that answers it
+from its head alone (overload, drain), before any ASGI task is made for it."""
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Per-connection limits uvicorn's httptools protocol does not enforce itself."""
+
+    header_timeout_s: float = 10.0  # from connection (or request start) to a complete head
+    body_timeout_s: float = 30.0  # from a complete head to a complete body
+    max_header_bytes: int = 16 * 1024  # request line and headers
+    max_connections: int = 2048  # open connections; more are answered 503 and closed
+
+
+def canned_response(status: int, reason: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """A whole HTTP/1.1 response as bytes (for answers written by the protocol itself)."""
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines.append(f"content-length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _error_json(code: str, message: str) -> bytes:
+    return (
+        b'{"error":{"code":"' + code.encode() + b'","message":"' + message.encode() + b'",'
+        b'"field":null}}'
+    )
+
+
+TIMEOUT_408 = canned_response(
+    408,
+    "Request Timeout",
+    _error_json("request_timeout", "the request did not arrive in time"),
+    {"content-type": "application/json", "connection": "close"},
+)
+HEADER_431 = canned_response(
+    431,
+    "Request Header Fields Too Large",
+    _error_json("header_too_large", "the request head is too large"),
+    {"content-type": "application/json", "connection": "close"},
+)
+BUSY_503 = canned_response(
+    503,
+    "Service Unavailable",
+    _error_json("overloaded", "too many open connections; retry later"),
+    {"content-type": "application/json", "connection": "close", "retry-after": "1"},
+)
+
+
+def _guarded(protocol_class: type, limits: ConnectionLimits, admission: Admission | None) -> type:
+    """httptools protocol with read timeouts, a head-size limit, a connection cap and, with
+    ``admission``, refusals answered from the request head."""
+
+    class GuardedProtocol(protocol_class):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            self._timer: asyncio.TimerHandle | None = None
+            self._in_head = True
+            self._head_bytes = 0
+            self._refused = False
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                self.transport.write(BUSY_503)
+                self.transport.close()
+                return
+            self._arm(limits.header_timeout_s)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self, seconds: float) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(seconds, self._timed_out)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _timed_out(self) -> None:
+            """A head or body that stopped arriving: answer 408 if nothing was sent yet."""
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete or not cycle.response_started:
+                self.transport.write(TIMEOUT_408)
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            in_head = self._in_head
+            super().data_received(data)
+            if in_head and self._in_head and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > limits.max_header_bytes:
+                    self._disarm()
+                    self.transport.write(HEADER_431)
+                    self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head = True
+            if self._timer is None:
+                self._arm(limits.header_timeout_s)
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._head_bytes = 0
+            if self._has_body():
+                self._arm(limits.body_timeout_s)
+            else:
+                self._disarm()
+            if admission is not None and self._idle() and self._admit() is False:
+                return
+            super().on_headers_complete()
+
+        def _has_body(self) -> bool:
+            for name, value in self.headers:
+                if name == b"content-length":
+                    return value.strip() not in (b"0", b"")
+                if name == b"transfer-encoding":
+                    return True
+            return False
+
+        def _idle(self) -> bool:
+            return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+
+        def _admit(self) -> bool:
+            """Ask ``admission``; False when it answered the request itself."""
+            path = httptools.parse_url(self.url).path.decode("ascii", "replace")
+            answer = admission(self.parser.get_method().decode("ascii", "replace"), path)
+            if answer is None:
+                return True
+            self._refused = True
+            self.transport.write(answer)
+            if not self.parser.should_keep_alive() or b"connection: close" in answer:
+                self._disarm()
+                self.transport.close()
+            return False
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._in_head = True
+            if self._refused:  # the body of a refused request, read and dropped
+                self._refused = False
+                self._disarm()
+                self.on_response_complete()
+                return
+            self._disarm()
+            super().on_message_complete()
+
+    GuardedProtocol.__name__ = f"Guarded{protocol_class.__name__}"
+    return GuardedProtocol
+
+
+def guarded_protocol_class(limits: ConnectionLimits, admission: Admission | None = None) -> type:
+    """:func:`http_protocol_class` with ``limits`` enforced (httptools; h11 enforces its own
+    head limit and gets only the coalescing)."""
+    if httptools is None:
+        return http_protocol_class()
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    return _guarded(_coalescing(HttpToolsProtocol), limits, admission)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Sequence
 
@@ -52,21 +53,26 @@ def seed_latents(seeds: Sequence[int], nz: int) -> np.ndarray:
     return latents_from_seeds(list(seeds), nz)
 
 
+_INDEX = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²", "١"
+
+
 def label_index(manifest: Manifest, value: LabelValue, field: str) -> int:
-    """A class index or class name -> index; anything else -> 422 naming the field."""
+    """The one label rule, for every route: a class name, else a class index given as an
+    integer or as ASCII digits (a query string's label is text); anything else -> 422."""
     if isinstance(value, bool):
         raise bad_input(field, "label must be an integer or a class name")
-    if isinstance(value, int):
-        if 0 <= value < manifest.num_classes:
-            return value
-        raise bad_input(
-            field, f"unknown label {value}: must be 0..{manifest.num_classes - 1}", "unknown_label"
-        )
-    if value in manifest.class_names:
-        return manifest.class_names.index(value)
-    if value.isdigit() and int(value) < manifest.num_classes and not manifest.class_names:
-        return int(value)
-    raise bad_input(field, f"unknown label {value!r}", "unknown_label")
+    if isinstance(value, str):
+        if value in manifest.class_names:
+            return manifest.class_names.index(value)
+        if not _INDEX.fullmatch(value):
+            shown = value if len(value) <= 64 else value[:64] + "..."
+            raise bad_input(field, f"unknown label {shown!r}", "unknown_label")
+        value = int(value)
+    if 0 <= value < manifest.num_classes:
+        return value
+    raise bad_input(
+        field, f"unknown label {value}: must be 0..{manifest.num_classes - 1}", "unknown_label"
+    )
 
 
 def labels_for(

@@ -1,38 +1,34 @@
-"""Pure ASGI middleware: request metrics, in-flight count, body-size limit, drain refusals.
+"""The guard layer in front of every route: request metrics, the in-flight cap, the body-size
+limit and drain refusals. It knows no route: refusals are rendered through the error table
+(service/errors.py) in the shape of the door the path belongs to.
 
 Pure ASGI (not BaseHTTPMiddleware) so the app's ``receive`` still reports client disconnects.
+Every refusal here is decided from the request head alone, before any body is read, so a
+flood of refused requests costs the event loop as little as possible.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import re
 import time
+from collections.abc import Callable
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .context import ServiceContext
-from .errors import error_response
-from .fastpath import GENERATE_GET, GENERATE_GET_ROUTE, serve_generate_get, serve_generate_post
+from .errors import ServiceError, render
 from .lifecycle import Lifecycle
 from .metrics import ServiceMetrics
 
-log = logging.getLogger("gan_serve.errors")
-
 UNTRACKED = {"/healthz", "/readyz", "/metrics"}
-MODEL_IN_PATH = re.compile(r"^/v1/models/([^/]+)/")
+OnRefusal = Callable[[str, ServiceError], None]  # (path, error): counts the refusal
 
 
-class BodyTooLarge(HTTPException):
+class BodyTooLarge(ServiceError):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds {limit} bytes")
+        super().__init__("body_too_large", f"request body exceeds {limit} bytes", "body")
 
 
 class ServiceMiddleware:
-    """The one service layer in front of the router; with ``context`` it also serves the hot
-    ``GET .../generate`` route itself (service/fastpath.py)."""
+    """The one guard layer in front of the routes (and the lean path)."""
 
     def __init__(
         self,
@@ -40,16 +36,18 @@ class ServiceMiddleware:
         metrics: ServiceMetrics,
         lifecycle: Lifecycle,
         max_body_bytes: int,
-        context: ServiceContext | None = None,
+        max_in_flight: int,
+        on_refusal: OnRefusal,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.lifecycle = lifecycle
         self.max_body = max_body_bytes
-        self.context = context
+        self.max_in_flight = max_in_flight
+        self.on_refusal = on_refusal
         # Label children are looked up once, not per request (prometheus_client's labels()
         # takes a lock and builds a key each time).
-        self._counted: dict[tuple[str, str, str], tuple] = {}
+        self._counted: dict[tuple[str, str, int], tuple] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,61 +60,32 @@ class ServiceMiddleware:
             return
         started = time.perf_counter()
         status = 500
-        label: str | None = None
+        answered = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
+                answered = True
             await send(message)
 
         self.lifecycle.in_flight += 1
         self.metrics.in_flight.inc()
         try:
-            if self.lifecycle.draining:
-                self.metrics.refuse(_model(path), "draining")
-                await _send_json(
-                    send_wrapper,
-                    503,
-                    {"error": {"code": "draining", "message": "shutting down", "field": None}},
-                    {"retry-after": "1", "connection": "close"},
-                )
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await self._refuse(path, refusal, send_wrapper)
                 return
-            length = _content_length(scope)
-            if length is not None and length > self.max_body:
-                self.metrics.refuse(_model(path), "bad_request")
-                await _send_json(
-                    send_wrapper,
-                    413,
-                    {
-                        "error": {
-                            "code": "body_too_large",
-                            "message": f"request body exceeds {self.max_body} bytes",
-                            "field": "body",
-                        }
-                    },
-                )
-                return
-            if self.context is not None and not scope.get("root_path"):
-                match = GENERATE_GET.match(path)
-                if match is not None and method in ("GET", "POST"):
-                    label = GENERATE_GET_ROUTE
-                    if method == "GET":
-                        if await self._fast(match.group(1), scope, receive, send_wrapper):
-                            return
-                    else:
-                        receive = await self._fast_post(
-                            match.group(1), scope, receive, send_wrapper
-                        )
-                        if receive is None:
-                            return
-                    label = None
-            await self.app(scope, self._limited(receive), send_wrapper)
+            try:
+                await self.app(scope, self._limited(receive), send_wrapper)
+            except BodyTooLarge as exc:  # raised by a reader that did not catch it
+                if answered:
+                    raise
+                await self._refuse(path, exc, send_wrapper)
         finally:
             self.lifecycle.in_flight -= 1
             self.metrics.in_flight.dec()
-            if label is None:
-                label = getattr(scope.get("route"), "path", None) or "unmatched"
+            label = getattr(scope.get("route"), "path", None) or "unmatched"
             key = (label, method, status)
             children = self._counted.get(key)
             if children is None:
@@ -127,44 +96,26 @@ class ServiceMiddleware:
             children[0].inc()
             children[1].observe(time.perf_counter() - started)
 
-    async def _fast(self, name: str, scope: Scope, receive: Receive, send: Send) -> bool:
-        """The lean generate path; an unexpected error gets the same JSON 500 as FastAPI's
-        handler gives (this layer sits outside FastAPI's error middleware), then propagates."""
-        started = False
+    def _refusal(self, scope: Scope) -> ServiceError | None:
+        """The refusal the request head alone earns: draining, too busy, or too large."""
+        if self.lifecycle.draining:
+            return ServiceError("draining", "shutting down")
+        if self.lifecycle.in_flight > self.max_in_flight:
+            return ServiceError("overloaded", "too many requests in flight; retry later")
+        length = _content_length(scope)
+        if length is not None and length > self.max_body:
+            return BodyTooLarge(self.max_body)
+        return None
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
-        try:
-            return await serve_generate_get(self.context, name, scope, receive, tracking_send)
-        except Exception:
-            log.exception("unhandled error on %s", scope["path"])
-            if not started:
-                await error_response(500, "internal", "internal error")(scope, receive, send)
-            raise
-
-    async def _fast_post(
-        self, name: str, scope: Scope, receive: Receive, send: Send
-    ) -> Receive | None:
-        """The lean POST path: None when it answered, else the receive for the route."""
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
-        try:
-            return await serve_generate_post(
-                self.context, name, scope, receive, tracking_send, self.max_body
-            )
-        except Exception:
-            log.exception("unhandled error on %s", scope["path"])
-            if not started:
-                await error_response(500, "internal", "internal error")(scope, receive, send)
-            raise
+    async def _refuse(self, path: str, exc: ServiceError, send: Send) -> None:
+        self.on_refusal(path, exc)
+        status, headers, body = render(exc, path)
+        if exc.code == "draining":
+            headers["connection"] = "close"
+        raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+        raw.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
 
     def _limited(self, receive: Receive) -> Receive:
         """Count streamed body bytes too (chunked uploads have no Content-Length)."""
@@ -183,11 +134,6 @@ class ServiceMiddleware:
         return wrapped
 
 
-def _model(path: str) -> str:
-    match = MODEL_IN_PATH.match(path)
-    return match.group(1) if match else ""
-
-
 def _content_length(scope: Scope) -> int | None:
     for key, value in scope.get("headers", []):
         if key == b"content-length":
@@ -196,13 +142,3 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-async def _send_json(
-    send: Send, status: int, body: dict, headers: dict[str, str] | None = None
-) -> None:
-    payload = json.dumps(body).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": payload})

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .batcher import LatentBatcher
-from .manifest import ArtifactMismatch, Manifest, version_dirs
+from .manifest import NAME_PATTERN, ArtifactMismatch, Manifest, version_dirs
 from .metrics import ServiceMetrics
 from .runtime import GeneratorRuntime, RuntimeOptions
 from .settings import Settings
@@ -34,9 +36,22 @@ class ModelNotFound(KeyError):
 class ReloadRefused(RuntimeError):
     """A version could not be loaded; the serving version (if any) keeps serving."""
 
-    def __init__(self, message: str, code: str = "reload_refused") -> None:
+    def __init__(
+        self, message: str, code: str = "reload_refused", retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after = retry_after
+
+
+_NAME = re.compile(NAME_PATTERN)
+UNKNOWN_MODEL = "unknown"  # the metric label of every name that is not a served model
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` can be a model name (the manifest's pattern); checked before any
+    filesystem access, so no other string (``..``, a 300-character name) reaches it."""
+    return _NAME.fullmatch(name) is not None
 
 
 @dataclass
@@ -78,6 +93,7 @@ class ModelRegistry:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Called after every swap of a serving version (the engine tells its front ends).
         self.on_swap: Callable[[], None] | None = None
+        self._last_load = -math.inf
 
     # --- lookups ------------------------------------------------------------------------
 
@@ -90,12 +106,23 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self.models)
 
+    def metric_label(self, name: str) -> str:
+        """``name`` when it is a served model, else one shared value: metric series stay
+        bounded whatever names clients send."""
+        return name if name in self.models else UNKNOWN_MODEL
+
     def store_names(self) -> list[str]:
         if not self.store.is_dir():
             return []
-        return sorted(p.name for p in self.store.iterdir() if p.is_dir() and version_dirs(p))
+        return sorted(
+            p.name
+            for p in self.store.iterdir()
+            if valid_name(p.name) and p.is_dir() and version_dirs(p)
+        )
 
     def versions_on_disk(self, name: str) -> dict[int, Path]:
+        if not valid_name(name):
+            return {}
         return version_dirs(self.store / name)
 
     def idle(self) -> bool:
@@ -107,9 +134,10 @@ class ModelRegistry:
         serving = [self.models[name].version] if name in self.models else []
         return sorted({*serving, *pinned})
 
-    async def get_version(self, name: str, version: int) -> LoadedModel:
+    async def get_version(self, name: str, version: int, may_load: bool = False) -> LoadedModel:
         """The serving version, or another version loaded beside it on first use (LRU-bounded
-        by ``max_pinned_versions``); raises ModelNotFound or ReloadRefused."""
+        by ``max_pinned_versions``) when ``may_load``; loads are spaced by
+        ``version_load_interval_s``. Raises ModelNotFound or ReloadRefused."""
         current = self.get(name)
         if current.version == version:
             return current
@@ -128,6 +156,20 @@ class ModelRegistry:
             directory = self.versions_on_disk(name).get(version)
             if directory is None:
                 raise ReloadRefused(f"{name} has no version {version}", "version_not_found")
+            if not may_load:
+                raise ReloadRefused(
+                    f"{name} v{version} is not loaded; loading a version needs the admin token",
+                    "forbidden",
+                )
+            wait = self._last_load + self.settings.version_load_interval_s - time.monotonic()
+            if wait > 0:
+                raise ReloadRefused(
+                    f"versions are loaded at most once per "
+                    f"{self.settings.version_load_interval_s:g} s; retry",
+                    "rate_limited",
+                    max(1, math.ceil(wait)),
+                )
+            self._last_load = time.monotonic()
             loaded = await asyncio.to_thread(self._load_version, name, version, directory)
             loaded.batcher.start()
             self.pinned[key] = loaded
@@ -165,9 +207,11 @@ class ModelRegistry:
     async def reload(self, name: str, version: int | None = None) -> tuple[LoadedModel, int | None]:
         """Load ``version`` (default: the highest), warm it, swap it in -> (new, old version)."""
         self._loop = asyncio.get_running_loop()
+        if not valid_name(name):
+            raise ModelNotFound(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            versions = self.versions_on_disk(name)
+            versions = self.versions_on_disk(name)  # empty for an impossible name
             if not versions:
                 raise ModelNotFound(name)
             if version is None:
@@ -196,21 +240,24 @@ class ModelRegistry:
 
     def _load_version(self, name: str, version: int, directory: Path) -> LoadedModel:
         """Blocking: read and check the manifest and artifact, open the session, warm it up."""
+        where = f"{name} v{version}"  # answers name the version, never a server path
         try:
             manifest = Manifest.load(directory)
         except Exception as exc:
+            log.error("%s: invalid manifest in %s: %s", where, directory, exc)
             raise ReloadRefused(
-                f"{directory}: invalid manifest: {exc}", "invalid_manifest"
+                f"{where}: invalid manifest: {self.without_paths(exc)}", "invalid_manifest"
             ) from exc
         if manifest.name != name or manifest.version != version:
             raise ReloadRefused(
-                f"{directory}: manifest says {manifest.name} v{manifest.version}",
+                f"{where}: manifest says {manifest.name} v{manifest.version}",
                 "invalid_manifest",
             )
         try:
             manifest.verify_artifact(directory)
         except ArtifactMismatch as exc:
-            raise ReloadRefused(str(exc), "artifact_mismatch") from exc
+            log.error("%s: %s", where, exc)
+            raise ReloadRefused(f"{where}: {self.without_paths(exc)}", "artifact_mismatch") from exc
         s = self.settings
         options = RuntimeOptions(
             device=s.device,
@@ -224,7 +271,10 @@ class ModelRegistry:
             if s.warmup:
                 runtime.warmup()
         except Exception as exc:
-            raise ReloadRefused(f"{directory}: cannot run the model: {exc}", "load_failed") from exc
+            log.error("%s: cannot run the model in %s: %s", where, directory, exc)
+            raise ReloadRefused(
+                f"{where}: cannot run the model: {self.without_paths(exc)}", "load_failed"
+            ) from exc
         batcher = LatentBatcher(
             runtime.run,
             model=name,
@@ -235,6 +285,13 @@ class ModelRegistry:
             metrics=self.metrics,
         )
         return LoadedModel(name, version, directory, manifest, runtime, batcher)
+
+    def without_paths(self, exc: Exception) -> str:
+        """An exception's text with the store's absolute path cut to a relative one."""
+        text = str(exc)
+        for root in {str(self.store.resolve()), str(self.store)}:
+            text = text.replace(root + "/", "").replace(root, ".")
+        return text
 
     # --- file watch ---------------------------------------------------------------------
 

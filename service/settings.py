@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         ge=0,
         description="older versions kept loaded for /versions/{v}/ requests; 0 = only the default",
     )
+    version_load_interval_s: float = Field(
+        default=1.0, ge=0, description="least time between two loads of a pinned version"
+    )
 
     # Requests.
     max_images_per_request: int = Field(default=256, ge=1, description="largest n")
@@ -72,6 +75,19 @@ class Settings(BaseSettings):
         description="serve plain GET .../generate queries without FastAPI's per-request work",
     )
 
+    # Connections (service/server_limits.py).
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="longest wait for a request head (408 after)"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="longest wait for a request body once its head is in"
+    )
+    keep_alive_timeout_s: int = Field(default=5, ge=1, description="idle keep-alive connections")
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="request line + headers")
+    max_connections: int = Field(
+        default=2048, ge=1, description="open connections; more are answered 503 and closed"
+    )
+
     # Lifecycle.
     warmup: bool = Field(default=True, description="run every batch size once before ready")
     watch_interval_s: float = Field(default=0.0, ge=0, description="poll the store; 0 = off")
@@ -79,16 +95,40 @@ class Settings(BaseSettings):
     drain_grace_s: float = Field(
         default=0.0, ge=0, description="keep /readyz at 503 at least this long before exiting"
     )
-    admin_token: str | None = Field(default=None, description="if set, reload needs it")
+    admin_token: str | None = Field(
+        default=None,
+        description="bearer token for reload and version loads (GAN_SERVE_ADMIN_TOKEN; never a "
+        "flag, which ps would show); unset = those routes answer loopback clients only",
+    )
+    admin_token_file: Path | None = Field(
+        default=None, description="file holding the admin token (e.g. a mounted secret)"
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values admin routes accept besides loopback names "
+        "(a DNS-rebinding guard); the token, when set, is checked too",
+    )
+    max_in_flight: int = Field(
+        default=1024,
+        ge=1,
+        description="requests handled at once; more get 503 before their body is read",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="log verbosity"
     )
 
     def front_ends(self) -> int:
-        """The number of HTTP front ends: ``workers``, or one per core this process may use."""
-        import os
+        """The number of HTTP front ends: ``workers``, or one per core this process may use
+        (its CPU affinity, and in a container its cgroup CPU limit)."""
+        return self.workers or usable_cores()
 
-        return self.workers or len(os.sched_getaffinity(0))
+    def resolved_admin_token(self) -> str | None:
+        """The admin token from the environment, else from ``admin_token_file``."""
+        if self.admin_token:
+            return self.admin_token
+        if self.admin_token_file is not None:
+            return self.admin_token_file.read_text(encoding="utf-8").strip() or None
+        return None
 
     def resolved_model_store(self) -> Path:
         """GAN_SERVE_MODEL_STORE, else ./model_store if present, else the one beside the package."""
@@ -98,3 +138,19 @@ class Settings(BaseSettings):
         if local.is_dir():
             return local
         return PACKAGE_STORE
+
+
+def usable_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may run on: its affinity, capped by a cgroup v2 CPU quota (a
+    container's ``cpus`` limit), which affinity alone does not show."""
+    import math
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))

@@ -65,13 +65,13 @@ class Supervisor:
     def _engine(self) -> None:
         from .engine import run_engine
 
-        _die_with_parent()
+        _as_child("gan-serve-infer")
         run_engine(self.settings, self.engine_path, self.metrics_dir)
 
     def _front_end(self) -> None:
         from .__main__ import serve_front_end
 
-        _die_with_parent()
+        _as_child("gan-serve-http")
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         code = serve_front_end(
             self.settings, self.sock, self.engine_path, self.metrics_dir, supervised=True
@@ -174,13 +174,14 @@ class Supervisor:
         return clean
 
 
-def _die_with_parent() -> None:
+def _as_child(name: str) -> None:
     """Linux: the kernel kills this child if the parent dies (even by SIGKILL), so no front end
-    or engine outlives its service."""
+    or engine outlives its service; ``name`` is what ps, top and /proc/PID/comm show."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
     except (OSError, AttributeError):
         pass

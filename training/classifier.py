@@ -5,15 +5,19 @@ digits is the real-data anchor for every evaluation figure. Its penultimate laye
 feature space of the Fréchet distance. The same architecture and recipe, trained on
 generated digits instead, gives the Classification Accuracy Score (CAS).
 
-Training is deterministic for a fixed seed, and the trained reference is cached under
-``runs/`` keyed by a hash of its recipe and its data, so repeated evaluations skip it.
+Training is deterministic for a fixed seed whatever the caller's thread count: it runs on
+``cfg.threads`` torch threads (the order of float reductions, hence the weights, depends on the
+thread count). The trained reference is cached under ``runs/`` keyed by a hash of its recipe
+and its data, so repeated evaluations skip it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,10 +43,22 @@ class ClassifierConfig:
     lr: float = 1e-3
     max_shift: int = 2  # random translation augmentation, in pixels
     seed: int = 0
+    threads: int = 1  # torch intra-op threads while training; the weights depend on it
 
     def key(self, data_fingerprint: str) -> str:
         blob = json.dumps({"config": asdict(self), "data": data_fingerprint}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` torch intra-op threads, then restore the caller's count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class DigitClassifier(nn.Module):
@@ -92,9 +108,23 @@ def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
 
 
 def train_classifier(
-    images: torch.Tensor, labels: torch.Tensor, cfg: ClassifierConfig
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: ClassifierConfig,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> DigitClassifier:
-    """Train a fresh :class:`DigitClassifier` on images [N, C, S, S] in [-1, 1]."""
+    """Train a fresh :class:`DigitClassifier` on images [N, C, S, S] in [-1, 1], bitwise the
+    same for the same inputs on any machine thread count; ``on_epoch(k)`` after epoch k."""
+    with torch_threads(cfg.threads):
+        return _train_classifier(images, labels, cfg, on_epoch)
+
+
+def _train_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: ClassifierConfig,
+    on_epoch: Callable[[int], None] | None,
+) -> DigitClassifier:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = DigitClassifier(cfg)
@@ -104,7 +134,7 @@ def train_classifier(
         optimizer, max_lr=cfg.lr * 3, total_steps=cfg.epochs * steps_per_epoch
     )
     model.train()
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         order = torch.randperm(len(images), generator=gen)
         for start in range(0, len(images), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
@@ -114,6 +144,8 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     return model.eval()
 
 
@@ -159,6 +191,7 @@ def load_reference_classifier(
     *,
     cfg: ClassifierConfig | None = None,
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> ReferenceClassifier:
     """Train (or load from the cache) the classifier for the embedded MNIST digits."""
     from training.data import load_embedded_mnist
@@ -173,7 +206,7 @@ def load_reference_classifier(
         model.load_state_dict(saved["state_dict"])
         model.eval()
         return ReferenceClassifier(model, cfg, float(saved["heldout_accuracy"]), path, True)
-    model = train_classifier(train.images, train.labels, cfg)
+    model = train_classifier(train.images, train.labels, cfg, on_epoch)
     acc = accuracy(model, heldout.images, heldout.labels)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,23 +3,44 @@
 Each subcommand lives in its own module, imported only when asked for, so ``gan-train train``
 never loads onnxruntime and ``gan-train export`` never loads the training loop. A module
 provides ``configure_parser(parser)`` and ``run(args) -> int``.
+
+A user's mistake (a missing file, a file that is not a checkpoint, a store without the model)
+ends in one line naming the problem and the fix, with exit status 2; never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 # subcommand -> (module under training/, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("train", "train a DCGAN (embedded MNIST or an image folder)"),
+    "train": ("train", "train a GAN (embedded MNIST or an image folder)"),
     "evaluate": ("evaluate", "score a generator against held-out real digits"),
     "export": ("export", "export a checkpoint's generator to ONNX in the model store"),
     "mar": ("torchserve_archive", "build a TorchServe archive (.mar) of an exported model"),
     "ship": ("ship", "train, export, evaluate and archive the shipped model"),
 }
+USAGE_ERROR = 2
+# What a user's mistake raises: bad paths, files of the wrong kind, invalid options.
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
+# Set to 1 to see the traceback behind a one-line error.
+TRACEBACK_ENV = "GAN_TRAIN_TRACEBACK"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every option's help, except flags that are off by default
+    and options whose help already says what their default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        off = action.default is None or action.default is False
+        if "default" in text or off or action.default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action) or text
 
 
 def _command_from(argv: Sequence[str]) -> str | None:
@@ -37,7 +58,9 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, object |
     chosen = _command_from(argv)
     module = None
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub = subparsers.add_parser(
+            name, help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
         if name != chosen:
             continue
         try:
@@ -56,11 +79,23 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, object |
     return parser, module
 
 
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, module = build_parser(argv)
     args = parser.parse_args(argv)
-    return int(module.run(args))
+    try:
+        return int(module.run(args))
+    except USER_ERRORS as exc:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print(f"gan-train {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

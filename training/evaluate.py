@@ -12,13 +12,20 @@ Figures (all measured with the reference classifier, see :mod:`training.classifi
 3. CAS: the classifier recipe trained on generated labelled digits only, tested on held-out real
    digits, beside the same recipe trained on the real training digits;
 4. a sample grid, one row per class.
+
+The figures are deterministic: seeded, and computed on one torch thread and one ONNX Runtime
+thread, so they do not depend on the machine's core count. Nothing is written into a version
+directory unless asked (``write=True``, ``gan-train evaluate --write``). Progress goes to stderr
+as one line per stage.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,7 @@ from training.classifier import (
     features,
     load_reference_classifier,
     predict,
+    torch_threads,
     train_classifier,
 )
 
@@ -49,16 +57,33 @@ GRID_FILE = "samples.png"
 SAMPLE_SEED_BASE = 1_000_000
 TARGET_CONDITIONAL_ACCURACY = 0.95
 TARGET_CAS_RATIO = 0.9
+EVALUATION_THREADS = 1  # float reductions depend on the thread count; one thread everywhere
+
+
+class StageLog:
+    """One line per evaluation stage on stderr, with the seconds since the start."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            elapsed = time.perf_counter() - self.started
+            print(f"evaluate [{elapsed:5.1f} s] {message}", file=sys.stderr, flush=True)
+
+    def epochs(self, what: str, total: int) -> Callable[[int], None]:
+        return lambda k: self(f"{what}: epoch {k}/{total}")
 
 
 class GeneratorRunner:
     """ONNX Runtime (CPU) session over one exported generator."""
 
-    def __init__(self, version_dir: str | Path, *, threads: int = 0):
+    def __init__(self, version_dir: str | Path, *, threads: int = EVALUATION_THREADS):
         import onnxruntime as ort
 
         self.version_dir = Path(version_dir)
-        self.manifest = Manifest.load(self.version_dir)
+        self.manifest = load_manifest(self.version_dir)
         self.manifest.verify_artifact(self.version_dir)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -137,14 +162,36 @@ def evaluate_generator(
     fid_samples: int = 1000,
     cas_samples: int = 4000,
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
-    write: bool = True,
+    write: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Compute the evaluation figures; with ``write``, store them in the manifest and write
     ``report.md`` and ``samples.png`` beside it. Returns the evaluation dict."""
+    with torch_threads(EVALUATION_THREADS):
+        return _evaluate(
+            Path(version_dir),
+            samples=samples,
+            fid_samples=fid_samples,
+            cas_samples=cas_samples,
+            cache_dir=cache_dir,
+            write=write,
+            log=StageLog(progress),
+        )
+
+
+def _evaluate(
+    version_dir: Path,
+    *,
+    samples: int,
+    fid_samples: int,
+    cas_samples: int,
+    cache_dir: str | Path | None,
+    write: bool,
+    log: StageLog,
+) -> dict[str, Any]:
     from training.data import load_embedded_mnist
 
     started = time.perf_counter()
-    version_dir = Path(version_dir)
     runner = GeneratorRunner(version_dir)
     m = runner.manifest
     if m.channels != 1 or (m.conditional and m.num_classes != 10):
@@ -153,11 +200,15 @@ def evaluate_generator(
             f"generator with 10 classes (or none); this one has {m.channels} channels and "
             f"{m.num_classes} classes"
         )
-    reference = load_reference_classifier(m.image_size, cache_dir=cache_dir)
+    log("reference classifier: loading (trained and cached on first use, 8 epochs)")
+    reference = load_reference_classifier(
+        m.image_size, cache_dir=cache_dir, on_epoch=log.epochs("reference classifier", 8)
+    )
     clf = reference.model
     train, heldout = load_embedded_mnist(image_size=m.image_size)
 
     n = max(samples, fid_samples, cas_samples if m.conditional else 0)
+    log(f"generating {n} images through {runner.manifest.onnx_path(version_dir)}")
     seeds = SAMPLE_SEED_BASE + np.arange(n)
     labels = balanced_labels(n, 10) if m.conditional else None
     generated = to_tanh_tensor(runner.generate(seeds, labels))
@@ -170,6 +221,7 @@ def evaluate_generator(
 
     # (1) conditional accuracy
     if m.conditional:
+        log(f"conditional accuracy on {samples} images")
         predicted = predict(clf, generated[:samples])
         per_class = [
             float((predicted[labels[:samples] == k] == k).mean()) for k in range(m.num_classes)
@@ -181,6 +233,7 @@ def evaluate_generator(
     # (2) Fréchet distance, generated vs held-out, beside real vs held-out at the same size
     # The data files are sorted by class, so subsets are drawn at random, never as a prefix.
     k = min(fid_samples, len(heldout))
+    log(f"Fréchet distance, {k} generated and {k} real vs held-out")
     pick = np.random.Generator(np.random.PCG64(0))
     real_idx = torch.from_numpy(pick.permutation(len(train))[:k])
     heldout_idx = torch.from_numpy(pick.permutation(len(heldout))[:k])
@@ -196,8 +249,12 @@ def evaluate_generator(
 
     # (3) Classification Accuracy Score
     if m.conditional:
+        log(f"CAS: training the classifier on {cas_samples} generated digits")
         cas_model = train_classifier(
-            generated[:cas_samples], torch.from_numpy(labels[:cas_samples]), reference.config
+            generated[:cas_samples],
+            torch.from_numpy(labels[:cas_samples]),
+            reference.config,
+            on_epoch=log.epochs("CAS classifier", reference.config.epochs),
         )
         cas = accuracy(cas_model, heldout.images, heldout.labels)
         result["cas"] = round(cas, 4)
@@ -215,6 +272,7 @@ def evaluate_generator(
     result["evaluated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result["duration_s"] = round(time.perf_counter() - started, 1)
 
+    log("done")
     if write:
         grid = sample_grid(runner)
         grid.save(version_dir / GRID_FILE)
@@ -283,10 +341,35 @@ def resolve_version_dir(path: str | Path) -> Path:
     path = Path(path)
     if (path / "manifest.json").is_file():
         return path
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{path} does not exist; pass model_store/<name> or one of its version directories"
+        )
     versions = version_dirs(path)
-    if not versions:
-        raise FileNotFoundError(f"{path} holds no manifest.json and no version directories")
-    return versions[max(versions)]
+    if versions:
+        return versions[max(versions)]
+    models = sorted(str(p) for p in path.iterdir() if p.is_dir() and version_dirs(p))
+    if models:
+        raise FileNotFoundError(f"{path} is a model store, not a model; pass one of {models}")
+    raise FileNotFoundError(
+        f"{path} holds no manifest.json and no version directories; "
+        "pass model_store/<name> or one of its version directories"
+    )
+
+
+def load_manifest(version_dir: Path) -> Manifest:
+    """The manifest of a version directory, with a one-line reason when it is not valid."""
+    from pydantic import ValidationError
+
+    try:
+        return Manifest.load(version_dir)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the file"
+        raise ValueError(
+            f"{version_dir / 'manifest.json'} is not a valid manifest ({where}: {first['msg']}); "
+            "re-export the model with gan-train export"
+        ) from None
 
 
 # --- command line: gan-train evaluate --------------------------------------------------------
@@ -304,8 +387,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fid-samples", type=int, default=1000, help="images per Fréchet set")
     parser.add_argument("--cas-samples", type=int, default=4000, help="generated CAS training set")
     parser.add_argument(
-        "--no-write", action="store_true", help="print only; leave manifest and report alone"
+        "--write",
+        action="store_true",
+        help="store the figures in the manifest and write report.md and samples.png",
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -315,9 +401,10 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples,
         fid_samples=args.fid_samples,
         cas_samples=args.cas_samples,
-        write=not args.no_write,
+        write=args.write,
+        progress=not args.quiet,
     )
     print(json.dumps(result, indent=2))
-    if not args.no_write:
+    if args.write:
         print(f"wrote {version_dir / REPORT_FILE} and {version_dir / GRID_FILE}")
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -30,6 +31,7 @@ from service.manifest import (
     IMAGE_OUTPUT,
     LABEL_INPUT,
     LATENT_INPUT,
+    NAME_PATTERN,
     ONNX_FILE,
     ArtifactSpec,
     Manifest,
@@ -38,6 +40,7 @@ from service.manifest import (
     next_version,
     sha256_file,
     utc_now,
+    version_dirs,
 )
 from training.model import Generator, ModelConfig, build_models
 
@@ -204,11 +207,13 @@ def export_generator(
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     description: str = "",
+    family: str = "dcgan",
 ) -> Path:
-    """Export ``generator`` to ``store/name/<version>/`` and return that directory.
-
-    The version directory appears in one rename, fully written, or not at all.
+    """Export ``generator`` (of the GAN ``family``) to ``store/name/<version>/`` and return
+    that directory. The version directory appears in one rename, fully written, or not at all.
     """
+    from training.families import get_family
+
     model_dir = Path(store) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir) if version is None else version
@@ -218,7 +223,7 @@ def export_generator(
     if cfg.num_classes and not class_names:
         class_names = [str(i) for i in range(cfg.num_classes)]
     generator = generator.eval()
-    folded = fold_batchnorm(generator)
+    folded = get_family(family).serving_generator(generator)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
     try:
         onnx_path = tmp_dir / ONNX_FILE
@@ -276,9 +281,10 @@ def export_checkpoint(
     extra_training: dict[str, Any] | None = None,
 ) -> Path:
     """Export the (EMA) generator of a training checkpoint, recording its training config."""
-    from training.train import generator_from_checkpoint
+    from training.checkpoint import generator_from_checkpoint
 
     generator, cfg, ckpt = generator_from_checkpoint(ckpt_path, use_ema=use_ema)
+    family = ckpt.get("family", "dcgan")
     history = ckpt.get("history") or []
     training = {
         "train_config": _jsonable(ckpt.get("train_config", {})),
@@ -300,6 +306,7 @@ def export_checkpoint(
         class_names=list(ckpt.get("class_names") or []),
         training=training,
         description=description,
+        family=family,
     )
 
 
@@ -329,26 +336,106 @@ def export_random_generator(
     )
 
 
+# --- naming: never take over another model's name --------------------------------------------
+
+
+class NameTakenError(FileExistsError):
+    """The model name belongs to versions trained by another run."""
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """The training run folder of ``<run>/checkpoints/<file>.pt`` (else the file's folder)."""
+    path = Path(ckpt_path)
+    parent = path.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def model_name_from_run(ckpt_path: str | Path) -> str:
+    """A model name from the run folder's name: lower case, other characters become '-'."""
+    raw = run_dir_of(ckpt_path).resolve().name.lower()
+    name = re.sub(r"[^a-z0-9._-]+", "-", raw).strip("-._")
+    if not name or not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"cannot make a model name from {raw!r}; pass --name")
+    return name
+
+
+def _lineage(train_config: dict[str, Any]) -> str:
+    """The run a version was trained by: its run folder as recorded at training time."""
+    return os.path.normpath(str(train_config.get("out_dir", "")))
+
+
+def check_name_free(
+    store: str | Path, name: str, train_config: dict[str, Any], *, force: bool = False
+) -> None:
+    """Refuse to add a version to ``name`` when its versions came from another training run.
+
+    A new version of a name is what ``gan-serve`` serves from then on, so it must be the same
+    lineage (same run folder) or an explicit ``force``.
+    """
+    existing = version_dirs(Path(store) / name)
+    if not existing or force:
+        return
+    latest = Manifest.load(existing[max(existing)])
+    theirs = _lineage(latest.training.get("train_config", {}))
+    if theirs != _lineage(train_config):
+        raise NameTakenError(
+            f"{Path(store) / name} already holds versions trained by {theirs}, not by this "
+            f"run; pass --name NEW for a new model, or --force to add version "
+            f"{max(existing) + 1}, which gan-serve then serves instead"
+        )
+
+
+def describe_serving(version_dir: Path) -> str:
+    """What ``gan-serve`` will serve from this store for the exported model's name."""
+    m = Manifest.load(version_dir)
+    versions = version_dirs(version_dir.parent)
+    served = max(versions)
+    if served == m.version:
+        return (
+            f"gan-serve --store {version_dir.parent.parent} serves model {m.name!r} version "
+            f"{m.version} from {version_dir}"
+        )
+    return (
+        f"gan-serve --store {version_dir.parent.parent} serves model {m.name!r} version "
+        f"{served} (its highest); this version {m.version} is at {version_dir}"
+    )
+
+
 # --- command line: gan-train export --------------------------------------------------------
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="training checkpoint (.pt)")
     parser.add_argument("--store", type=Path, default=Path("model_store"), help="model store root")
-    parser.add_argument("--name", default="mnist-cdcgan", help="model name in the store")
-    parser.add_argument("--version", type=int, default=None, help="default: next free version")
+    parser.add_argument(
+        "--name", default=None, help="model name in the store (default: the run folder's name)"
+    )
+    parser.add_argument(
+        "--version", type=int, default=None, help="version number (default: the next free one)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="add a version to a name whose versions another run trained",
+    )
     parser.add_argument("--raw", action="store_true", help="export raw weights, not the EMA copy")
     parser.add_argument("--description", default="", help="free text for the manifest")
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.checkpoint import load_checkpoint
+
+    name = args.name or model_name_from_run(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint)
+    check_name_free(args.store, name, ckpt.get("train_config", {}), force=args.force)
     out = export_checkpoint(
         args.checkpoint,
         args.store,
-        args.name,
+        name,
         version=args.version,
         use_ema=not args.raw,
         description=args.description,
     )
     print(f"exported {out}")
+    print(describe_serving(out))
     return 0

@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 256
+IMAGE_SIZE_HELP = f"a power of two from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"
+
 
 @dataclass
 class ModelConfig:
@@ -28,8 +31,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         s = self.image_size
-        if s < 16 or s > 256 or s & (s - 1):
-            raise ValueError(f"image_size must be a power of two from 16 to 256, got {s}")
+        if s < MIN_IMAGE_SIZE or s > MAX_IMAGE_SIZE or s & (s - 1):
+            raise ValueError(f"image_size must be {IMAGE_SIZE_HELP}, got {s}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.num_classes < 0:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from training.evaluate import evaluate_generator, render_report
-from training.export import export_checkpoint
+from training.export import check_name_free, describe_serving, export_checkpoint
 from training.torchserve_archive import build_mar
 
 DEFAULT_NAME = "mnist-cdcgan"
@@ -37,17 +37,27 @@ def ship(
     fid_samples: int = 1000,
     cas_samples: int = 4000,
     build_archive: bool = True,
+    force: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """Run the pipeline; returns (version directory, evaluation figures)."""
+    """Run the pipeline; returns (version directory, evaluation figures).
+
+    The name is checked before training starts, so a run is never lost to a refusal.
+    """
+    from training.checkpoint import load_checkpoint
+    from training.loop import TrainConfig, train
+
     provenance: dict[str, Any] = {}
     if checkpoint is None:
-        from training.train import TrainConfig, train
-
         cfg = TrainConfig(**(train_overrides or {}))
+        check_name_free(store, name, cfg.to_dict(), force=force)
         started = time.perf_counter()
         checkpoint = train(cfg)
         train_wall_time_s = time.perf_counter() - started
         train_command = train_command or "gan-train ship"
+    else:
+        check_name_free(
+            store, name, load_checkpoint(checkpoint).get("train_config", {}), force=force
+        )
     if train_command:
         provenance["command"] = train_command
     if train_wall_time_s is not None:
@@ -61,7 +71,11 @@ def ship(
         extra_training=provenance,
     )
     result = evaluate_generator(
-        version_dir, samples=samples, fid_samples=fid_samples, cas_samples=cas_samples
+        version_dir,
+        samples=samples,
+        fid_samples=fid_samples,
+        cas_samples=cas_samples,
+        write=True,
     )
     if build_archive:
         build_mar(version_dir, Path(store) / f"{name}.mar")
@@ -69,26 +83,41 @@ def ship(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint", type=Path, default=None, help="ship this checkpoint; skip training"
+    add = parser.add_argument
+    add(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="ship this checkpoint, skipping training (default: train first)",
     )
-    parser.add_argument("--store", type=Path, default=Path("model_store"), help="model store")
-    parser.add_argument("--name", default=DEFAULT_NAME, help="model name in the store")
-    parser.add_argument("--version", type=int, default=None, help="default: next free version")
-    parser.add_argument("--out-dir", default=None, help="training run folder")
-    parser.add_argument("--epochs", type=int, default=None, help="override the shipped epochs")
-    parser.add_argument("--seed", type=int, default=None, help="override the training seed")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    parser.add_argument(
-        "--train-command", default=None, help="with --checkpoint: the command that trained it"
+    add("--store", type=Path, default=Path("model_store"), help="model store")
+    add("--name", default=DEFAULT_NAME, help="model name in the store")
+    add("--version", type=int, default=None, help="version number (default: the next free one)")
+    add("--force", action="store_true", help="add a version to a name another run trained")
+    add("--out-dir", default=None, help="training run folder (default: the training default)")
+    add("--epochs", type=int, default=None, help="override the shipped epochs (default: 30)")
+    add("--seed", type=int, default=None, help="override the training seed (default: 0)")
+    add(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=None,
+        help="training device (default: auto)",
     )
-    parser.add_argument(
-        "--train-wall-time", type=float, default=None, help="with --checkpoint: its training time"
+    add(
+        "--train-command",
+        default=None,
+        help="with --checkpoint: the command that trained it (default: none recorded)",
     )
-    parser.add_argument("--samples", type=int, default=5000, help="images for accuracy")
-    parser.add_argument("--fid-samples", type=int, default=1000, help="images per Fréchet set")
-    parser.add_argument("--cas-samples", type=int, default=4000, help="generated CAS training set")
-    parser.add_argument("--no-mar", action="store_true", help="skip the TorchServe archive")
+    add(
+        "--train-wall-time",
+        type=float,
+        default=None,
+        help="with --checkpoint: its training time in s (default: none recorded)",
+    )
+    add("--samples", type=int, default=5000, help="images for accuracy")
+    add("--fid-samples", type=int, default=1000, help="images per Fréchet set")
+    add("--cas-samples", type=int, default=4000, help="generated CAS training set")
+    add("--no-mar", action="store_true", help="skip the TorchServe archive")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,9 +133,6 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.checkpoint is not None and overrides:
         print("gan-train ship: training options do not apply with --checkpoint", file=sys.stderr)
-        return 2
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        print(f"gan-train ship: checkpoint {args.checkpoint} does not exist", file=sys.stderr)
         return 2
     version_dir, result = ship(
         store=args.store,
@@ -124,11 +150,13 @@ def run(args: argparse.Namespace) -> int:
         fid_samples=args.fid_samples,
         cas_samples=args.cas_samples,
         build_archive=not args.no_mar,
+        force=args.force,
     )
     from service.manifest import Manifest
 
     print(render_report(Manifest.load(version_dir), result))
     print(f"shipped {version_dir}")
+    print(describe_serving(version_dir))
     if not result.get("meets_targets", False):
         print("gan-train ship: the model misses the targets (see the report)", file=sys.stderr)
         return 1

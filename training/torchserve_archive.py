@@ -95,15 +95,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="version directory, or model directory (its highest version is used)",
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="default: <model store>/<name>.mar beside the model"
+        "--out",
+        type=Path,
+        default=None,
+        help="archive path (default: <model store>/<name>.mar beside the model)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.evaluate import resolve_version_dir
+    from training.evaluate import load_manifest, resolve_version_dir
 
     version_dir = resolve_version_dir(args.model)
-    name = Manifest.load(version_dir).name
+    name = load_manifest(version_dir).name
     out = args.out or version_dir.parent.parent / f"{name}.mar"
     build_mar(version_dir, out)
     print(f"wrote {out}")

@@ -1,42 +1,42 @@
-"""Reload: load a model's newest (or a named) version and swap it in without dropping requests."""
+"""Reload: load a model's newest (or a named) version and swap it in without dropping requests.
+
+Privileged: it needs the admin token, or, with none configured, a same-origin loopback
+client (service/access.py).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 
+from ..access import check_admin
 from ..context import context
-from ..errors import ApiError
+from ..errors import ERROR_RESPONSES, ServiceError
 from ..registry import ModelNotFound, ReloadRefused
-from ..schemas import ReloadRequest
+from ..schemas import ReloadRequest, json_schema_of, parse_json_body
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], responses=ERROR_RESPONSES)
 
 
 @router.post(
     "/v1/models/{name}/reload",
     summary="Load the highest (or given) version, verify sha256, warm up, swap atomically",
+    openapi_extra=json_schema_of(ReloadRequest),
 )
-async def reload_model(
-    request: Request,
-    name: str,
-    body: ReloadRequest | None = None,
-    authorization: str | None = Header(default=None),
-) -> dict:
+async def reload_model(request: Request, name: str) -> dict:
     ctx = context(request)
-    token = ctx.settings.admin_token
-    if token and authorization != f"Bearer {token}":
-        raise ApiError(401, "unauthorized", "reload needs the admin token", "authorization")
-    version = body.version if body is not None else None
+    check_admin(request, ctx.settings)
+    body = parse_json_body(
+        ReloadRequest, request.headers.get("content-type"), await request.body(), required=False
+    )
     try:
-        loaded, previous = await ctx.registry.reload(name, version)
+        loaded, previous = await ctx.registry.reload(name, body.version)
     except ModelNotFound:
-        raise ApiError(
-            404, "model_not_found", f"no model named {name!r} in the store", "name"
+        raise ServiceError(
+            "model_not_found", f"no model named {name[:64]!r} in the store", "name"
         ) from None
     except ReloadRefused as exc:
-        status = 404 if exc.code == "version_not_found" else 409
-        raise ApiError(
-            status, exc.code, f"{exc}; the serving version is unchanged", "version"
+        raise ServiceError(
+            exc.code, f"{exc}; the serving version is unchanged", "version", exc.retry_after
         ) from exc
     return {
         "name": name,

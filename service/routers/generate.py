@@ -1,198 +1,70 @@
-"""Generation: POST/GET generate and POST interpolate.
+"""``/v1`` generation: GET and POST generate (default or pinned version) and POST interpolate.
 
-Stages: validate request -> latents (seeds or given) -> batcher -> session -> split -> encode.
+Each route has one implementation, an ``answer_*`` function over plain request parts (name,
+query pairs, body reader, a wait-for-disconnect), which goes through the pipeline
+(service/pipeline.py) and builds the HTTP answer. The FastAPI routes below call it, and the lean
+path (service/fastpath.py) calls the same function for the hot routes without FastAPI's
+per-request work, so both validate, answer and count alike. Routes parse their own query and
+body (``service.schemas``); their OpenAPI entries come from the same models.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.types import Receive
 
 from .. import encode
-from ..batcher import BatcherClosed, DeadlineExceeded, Finish, QueueFull, Ticket
+from ..access import may_load
 from ..context import ServiceContext, context
-from ..errors import ApiError, bad_input
-from ..latents import (
-    interpolate,
-    label_index,
-    labels_for,
-    latents_from_request,
-    seed_latents,
-    seeds_for,
-    truncate,
+from ..errors import ERROR_RESPONSES
+from ..pipeline import (
+    Inputs,
+    Output,
+    WaitGone,
+    check_room,
+    deadline,
+    generate,
+    plan_generate,
+    plan_interpolate,
+    plan_png,
+    png_etag,
+    resolve,
+    timed,
 )
-from ..manifest import MAX_SEED
-from ..registry import LoadedModel, ReloadRefused
-from ..schemas import GenerateRequest, InterpolateRequest, check_generate, check_interpolate
-from .models import get_model
+from ..registry import LoadedModel
+from ..schemas import (
+    GenerateRequest,
+    InterpolateRequest,
+    PngQuery,
+    json_schema_of,
+    parse_json_body,
+    parse_png_query,
+    query_parameters,
+)
 
-router = APIRouter(tags=["generate"])
+router = APIRouter(tags=["generate"], responses=ERROR_RESPONSES)
 
 PNG = "image/png"
 NPY = "application/x-npy"
+JSON = "application/json"
+ReadBody = Callable[[], Awaitable[bytes]]
 
 
-# --- shared stages -------------------------------------------------------------------------
+def waiter(receive: Receive) -> WaitGone:
+    """A wait that returns once the client has disconnected (read after the body)."""
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return gone
 
 
-def _deadline(ctx: ServiceContext, timeout_ms: int | None) -> float:
-    seconds = timeout_ms / 1000.0 if timeout_ms is not None else ctx.settings.request_timeout_s
-    return time.monotonic() + seconds
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _resolve(request: Request, name: str, version: int | None) -> LoadedModel:
-    """The serving version of ``name``, or the version asked for in the path."""
-    if version is None:
-        return get_model(request, name)
-    get_model(request, name)  # 404 / 503 loading, as for the default version
-    try:
-        return await context(request).registry.get_version(name, version)
-    except ReloadRefused as exc:
-        status = 404 if exc.code in ("version_not_found", "version_not_loaded") else 409
-        raise ApiError(status, exc.code, str(exc), "version") from None
-
-
-async def _infer(
-    request: Request,
-    name: str,
-    version: int | None,
-    model: LoadedModel,
-    z: np.ndarray,
-    labels: np.ndarray | None,
-    deadline: float,
-    finish: Finish | None = None,
-) -> tuple[LoadedModel, Any]:
-    """Submit to the batcher; map refusals to HTTP; drop the work if the client goes away."""
-    return await infer(
-        context(request), request.receive, name, version, model, z, labels, deadline, finish
-    )
-
-
-async def infer(
-    ctx: ServiceContext,
-    receive: Receive,
-    name: str,
-    version: int | None,
-    model: LoadedModel,
-    z: np.ndarray,
-    labels: np.ndarray | None,
-    deadline: float,
-    finish: Finish | None = None,
-) -> tuple[LoadedModel, Any]:
-    """:func:`_infer` on a raw ASGI ``receive``; with ``finish``, its result instead of images."""
-    for _ in range(3):  # a hot swap may close the batcher between lookup and submit
-        try:
-            ticket = model.batcher.enqueue(z, labels, deadline, finish)
-            return model, await _unless_gone(model, ticket, receive)
-        except BatcherClosed:  # swapped out (or evicted) between lookup and submit
-            if version is None:
-                newer = ctx.registry.models.get(name)
-            else:
-                try:
-                    newer = await ctx.registry.get_version(name, version)
-                except (KeyError, ReloadRefused):
-                    newer = None
-            if newer is None or newer is model or not _same_inputs(newer, model):
-                break
-            model = newer
-        except QueueFull as exc:
-            raise _queue_full(name, exc) from None
-        except DeadlineExceeded:
-            raise ApiError(
-                504, "deadline_exceeded", "deadline passed while queued", "timeout_ms"
-            ) from None
-    raise ApiError(
-        503, "model_unavailable", f"{name} is being replaced; retry", None, {"Retry-After": "1"}
-    )
-
-
-async def _unless_gone(model: LoadedModel, ticket: Ticket, receive: Receive) -> Any:
-    """Wait for a queued request; if the client disconnects first, withdraw it (499)."""
-    future = ticket.future
-    gone = asyncio.ensure_future(_wait_disconnect(receive))
-
-    def client_left(_: asyncio.Future) -> None:
-        future.cancel()  # no-op once the result is in
-
-    gone.add_done_callback(client_left)
-    try:
-        return await future
-    except asyncio.CancelledError:
-        model.batcher.withdraw(ticket)
-        if gone.done() and not gone.cancelled():
-            raise ApiError(499, "client_gone", "client disconnected") from None
-        raise
-    finally:
-        gone.remove_done_callback(client_left)
-        gone.cancel()
-
-
-class Overloaded(ApiError):
-    """503 ``queue_full``, raised before any work was done for the request."""
-
-
-def _queue_full(name: str, exc: QueueFull) -> ApiError:
-    return Overloaded(
-        503,
-        "queue_full",
-        f"too many images queued for {name}; retry later",
-        None,
-        {"Retry-After": str(exc.retry_after)},
-    )
-
-
-def check_room(model: LoadedModel, n: int) -> None:
-    """Refuse at once (Overloaded) when the model's queue has no room for n more images."""
-    try:
-        model.batcher.check_room(n)
-    except QueueFull as exc:
-        raise _queue_full(model.name, exc) from None
-
-
-def _same_inputs(a: LoadedModel, b: LoadedModel) -> bool:
-    ma, mb = a.manifest, b.manifest
-    return (ma.nz, ma.num_classes) == (mb.nz, mb.num_classes)
-
-
-def timed_encoder(
-    ctx: ServiceContext, fmt: str, fn: Callable[[np.ndarray], bytes]
-) -> Callable[[np.ndarray], bytes]:
-    """``fn`` timed into the encode histogram; passed to the batcher as ``finish``, it runs on
-    the inference worker right after the batch (no second hop for small bodies)."""
-    histogram = ctx.metrics.encode_duration.labels(format=fmt)
-
-    def run(images: np.ndarray) -> bytes:
-        started = time.perf_counter()
-        body = fn(images)
-        histogram.observe(time.perf_counter() - started)
-        return body
-
-    return run
-
-
-async def _encode(ctx: ServiceContext, fmt: str, fn: Callable[[], bytes]) -> bytes:
-    """Run an encoder on the encode pool (off the event loop) and time it."""
-    started = time.perf_counter()
-    body = await asyncio.get_running_loop().run_in_executor(ctx.encode_pool, fn)
-    ctx.metrics.encode_duration.labels(format=fmt).observe(time.perf_counter() - started)
-    return body
-
+# --- answers ---------------------------------------------------------------------------------
 
 # Proxies refuse large response headers (nginx: 4 KiB by default), so long lists are left out;
 # the seeds of a request without explicit seeds are always one range, which stays short.
@@ -213,128 +85,43 @@ def seed_ranges(seeds: list[int]) -> str:
     return ",".join(parts)
 
 
-def _headers(model: LoadedModel, seeds: list[int] | None, labels: np.ndarray | None) -> dict:
+def _headers(model: LoadedModel, inputs: Inputs) -> dict[str, str]:
     headers = {
         "X-Model-Name": model.name,
         "X-Model-Version": str(model.version),
         "X-Provider": model.provider,
     }
-    if seeds:
-        text = seed_ranges(seeds)
+    if inputs.seeds:
+        text = seed_ranges(inputs.seeds)
         if len(text) <= MAX_LIST_HEADER:
             headers["X-Seeds"] = text
-    if labels is not None:
-        text = ",".join(map(str, labels.tolist()))
+    if inputs.labels is not None:
+        text = ",".join(map(str, inputs.labels.tolist()))
         if len(text) <= MAX_LIST_HEADER:
             headers["X-Labels"] = text
     return headers
 
 
-def _check_n(ctx: ServiceContext, n: int, field: str = "n") -> None:
-    limit = ctx.settings.max_images_per_request
-    if n > limit:
-        raise bad_input(field, f"at most {limit} images per request, got {n}", "out_of_range")
-
-
-# --- POST generate -------------------------------------------------------------------------
-
-
-@router.post(
-    "/v1/models/{name}/generate",
-    summary="Generate n images from seeds or latents",
-    responses={200: {"content": {PNG: {}, NPY: {}, "application/json": {}}}},
-)
-async def generate(request: Request, name: str, body: GenerateRequest | None = None) -> Response:
-    return await _generate(request, name, None, body)
-
-
-@router.post(
-    "/v1/models/{name}/versions/{version}/generate",
-    summary="Generate with one version (loaded beside the default on first use)",
-    responses={200: {"content": {PNG: {}, NPY: {}, "application/json": {}}}},
-)
-async def generate_version(
-    request: Request, name: str, version: int, body: GenerateRequest | None = None
-) -> Response:
-    return await _generate(request, name, version, body)
-
-
-async def _generate(
-    request: Request, name: str, version: int | None, body: GenerateRequest | None
-) -> Response:
-    ctx = context(request)
-    model = await _resolve(request, name, version)
-    plan = plan_generate(ctx, model, body or GenerateRequest())  # no body: one random image
-    return await respond_generate(ctx, request.receive, name, version, model, plan)
-
-
-@dataclass
-class GeneratePlan:
-    """A validated ``POST .../generate``: the model inputs, nothing computed yet."""
-
-    body: GenerateRequest
-    seeds: list[int] | None
-    labels: np.ndarray | None
-    z: np.ndarray
-
-
-def plan_generate(ctx: ServiceContext, model: LoadedModel, body: GenerateRequest) -> GeneratePlan:
-    """Cross-field and per-model checks (ApiError naming the field), latents and labels."""
-    m = model.manifest
-    check_generate(body)
-    n = body.count
-    _check_n(ctx, n, "latents" if body.latents is not None else "seeds" if body.seeds else "n")
-    seeds: list[int] | None
-    z: np.ndarray | None = None
-    if body.latents is not None:
-        seeds = None
-        z = latents_from_request(body.latents, m.nz, "latents")
-    else:
-        seeds = list(body.seeds) if body.seeds is not None else seeds_for(body.seed, n)
-    labels = labels_for(m, body.labels, n, seeds)
-    check_room(model, n)  # before the seed latents: a refusal under a flood stays cheap
-    if z is None:
-        z = seed_latents(seeds, m.nz)
-    return GeneratePlan(body, seeds, labels, truncate(z, body.truncation))
-
-
-async def respond_generate(
-    ctx: ServiceContext,
-    receive: Receive,
-    name: str,
-    version: int | None,
-    model: LoadedModel,
-    plan: GeneratePlan,
-) -> Response:
-    """Run a planned ``POST .../generate`` through the batcher and encode the answer."""
-    body, seeds, labels, z = plan.body, plan.seeds, plan.labels, plan.z
-    n = len(z)
-    deadline = _deadline(ctx, body.timeout_ms)
+def _generate_output(ctx: ServiceContext, body: GenerateRequest, inputs: Inputs) -> Output:
+    """How a ``POST .../generate`` answer is encoded: one PNG or npy on the inference worker,
+    the rest on the encode pool."""
     level = ctx.settings.png_compress_level
-    fmt = body.format
-    if (fmt == "png" and n == 1) or fmt == "npy":  # small or a copy: encoded on the worker
-        if fmt == "npy":
-            finish = timed_encoder(ctx, "npy", encode.npy_bytes)
-        else:
-            finish = timed_encoder(ctx, "png", lambda images: encode.png_bytes(images[0], level))
-        model, content = await infer(
-            ctx, receive, name, version, model, z, labels, deadline, finish
-        )
-        headers = _headers(model, seeds, labels)
-        return Response(content, media_type=NPY if fmt == "npy" else PNG, headers=headers)
-    model, images = await infer(ctx, receive, name, version, model, z, labels, deadline)
-    headers = _headers(model, seeds, labels)
-    if fmt == "png":
-        content = await _encode(
-            ctx, "png", lambda: json.dumps(encode.base64_pngs(images, level)).encode()
-        )
-        return Response(content, media_type="application/json", headers=headers)
-    if fmt == "grid":
-        content = await _encode(ctx, "grid", lambda: encode.grid_png(images, body.columns, level))
-        return Response(content, media_type=PNG, headers=headers)
+    n = len(inputs.z)
+    if body.format == "npy":
+        return Output(NPY, on_worker=timed(ctx, "npy", encode.npy_bytes))
+    if body.format == "png" and n == 1:
+        return Output(PNG, on_worker=timed(ctx, "png", lambda im: encode.png_bytes(im[0], level)))
+    if body.format == "png":
+        pngs = timed(ctx, "png", lambda _, im: json.dumps(encode.base64_pngs(im, level)).encode())
+        return Output(JSON, off_loop=pngs)
+    if body.format == "grid":
+        columns = body.columns
+        grid = timed(ctx, "grid", lambda _, im: encode.grid_png(im, columns, level))
+        return Output(PNG, off_loop=grid)
 
-    def as_json() -> bytes:
+    def as_json(model: LoadedModel, images: np.ndarray) -> bytes:
         pngs = encode.base64_pngs(images, level)
+        seeds, labels = inputs.seeds, inputs.labels
         items = [
             {
                 "seed": seeds[i] if seeds is not None else None,
@@ -343,192 +130,189 @@ async def respond_generate(
             }
             for i in range(n)
         ]
-        doc = {"model": model.name, "version": model.version, "images": items}
-        return json.dumps(doc).encode()
+        return json.dumps({"model": model.name, "version": model.version, "images": items}).encode()
 
-    content = await _encode(ctx, "json", as_json)
-    return Response(content, media_type="application/json", headers=headers)
+    return Output(JSON, off_loop=timed(ctx, "json", as_json))
 
 
-# --- GET generate (cacheable PNG) ----------------------------------------------------------
-
-
-@dataclass
-class PngQuery:
-    """Query parameters of ``GET .../generate``."""
-
-    seed: Annotated[int | None, Query(ge=0, le=MAX_SEED)] = None
-    label: Annotated[str | None, Query(max_length=64)] = None
-    n: Annotated[int, Query(ge=1)] = 1
-    truncation: Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = None
-    columns: Annotated[int | None, Query(ge=1, le=256)] = None
-
-
-@router.get(
-    "/v1/models/{name}/generate",
-    summary="One PNG (a grid when n > 1); same query, same bytes, with an ETag",
-    responses={200: {"content": {PNG: {}}}, 304: {"description": "Not modified"}},
-    response_class=Response,
-)
-async def generate_png(
-    request: Request, name: str, query: Annotated[PngQuery, Depends()]
-) -> Response:
-    return await _generate_png(request, name, None, query)
-
-
-@router.get(
-    "/v1/models/{name}/versions/{version}/generate",
-    summary="One PNG from one version (loaded beside the default on first use)",
-    responses={200: {"content": {PNG: {}}}, 304: {"description": "Not modified"}},
-    response_class=Response,
-)
-async def generate_png_version(
-    request: Request, name: str, version: int, query: Annotated[PngQuery, Depends()]
-) -> Response:
-    return await _generate_png(request, name, version, query)
-
-
-async def _generate_png(
-    request: Request, name: str, version: int | None, query: PngQuery
-) -> Response:
-    ctx = context(request)
-    model = await _resolve(request, name, version)
-    plan = plan_png(ctx, model, query, request.headers.get("if-none-match"))
-    if isinstance(plan, Response):
-        return plan
-    return await respond_png(ctx, request.receive, name, version, model, plan)
-
-
-@dataclass
-class PngPlan:
-    """A validated ``GET .../generate``: the model inputs and the ETag, nothing computed yet."""
-
-    seeds: list[int]
-    labels: np.ndarray | None
-    z: np.ndarray
-    columns: int | None
-    etag: str | None
-
-
-def plan_png(
-    ctx: ServiceContext, model: LoadedModel, query: PngQuery, if_none_match: str | None
-) -> PngPlan | Response:
-    """Validate the query against the model (ApiError naming the field), or answer 304."""
-    seed, label, n, truncation, columns = (
-        query.seed,
-        query.label,
-        query.n,
-        query.truncation,
-        query.columns,
-    )
-    m = model.manifest
-    _check_n(ctx, n)
-    label_value: int | str | None = None
-    if label is not None:
-        label_value = int(label) if label.lstrip("-").isdigit() else label
-        if m.conditional:
-            label_value = label_index(m, label_value, "label")
-    etag = None
-    if seed is not None:
-        key = json.dumps(
-            [
-                m.name,
-                m.version,
-                m.artifact.sha256,
-                seed,
-                label_value,
-                n,
-                truncation,
-                columns,
-                ctx.settings.png_compress_level,
-            ]
-        )
-        etag = '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
-        match = if_none_match
-        if match is not None and (
-            match.strip() == "*" or etag in [t.strip() for t in match.split(",")]
-        ):
-            return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
-    seeds = seeds_for(seed, n)
-    labels = labels_for(m, label_value, n, seeds, "label")
-    check_room(model, n)  # before the seed latents: a refusal under a flood stays cheap
-    z = truncate(seed_latents(seeds, m.nz), truncation)
-    return PngPlan(seeds, labels, z, columns, etag)
-
-
-async def respond_png(
+async def answer_generate(
     ctx: ServiceContext,
-    receive: Receive,
     name: str,
     version: int | None,
-    model: LoadedModel,
-    plan: PngPlan,
+    content_type: str | None,
+    read_body: ReadBody,
+    gone: WaitGone,
+    loads: bool = False,
 ) -> Response:
-    """Run a planned ``GET .../generate`` through the batcher; the PNG is encoded on the worker
-    for one image, on the encode pool for a grid."""
+    """``POST .../generate``: the model first, then (if its queue has room) the body."""
+    model = await resolve(ctx, name, version, loads)
+    check_room(model, 1)  # before reading the body: a refusal under a flood stays cheap
+    body = parse_json_body(GenerateRequest, content_type, await read_body(), required=False)
+    inputs = plan_generate(ctx, model, body)
+    output = _generate_output(ctx, body, inputs)
+    until = deadline(ctx, body.timeout_ms / 1000 if body.timeout_ms else None)
+    model, content = await generate(ctx, name, version, model, inputs, output, until, gone)
+    return Response(content, media_type=output.media_type, headers=_headers(model, inputs))
+
+
+async def answer_png(
+    ctx: ServiceContext,
+    name: str,
+    version: int | None,
+    pairs: list[tuple[str, str]],
+    if_none_match: str | None,
+    gone: WaitGone,
+    loads: bool = False,
+) -> Response:
+    """``GET .../generate``: one PNG (a grid for n > 1), with an ETag when seeded."""
+    query = parse_png_query(pairs)
+    model = await resolve(ctx, name, version, loads)
+    etag = png_etag(ctx, model, query)
+    if etag is not None and if_none_match is not None:
+        if if_none_match.strip() == "*" or etag in [t.strip() for t in if_none_match.split(",")]:
+            return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
+    inputs = plan_png(ctx, model, query)
     level = ctx.settings.png_compress_level
-    m = model.manifest
-    deadline = _deadline(ctx, None)
-    if len(plan.seeds) == 1:
-        finish = timed_encoder(ctx, "png", lambda images: encode.png_bytes(images[0], level))
-        model, content = await infer(
-            ctx, receive, name, version, model, plan.z, plan.labels, deadline, finish
-        )
+    if query.n == 1:
+        output = Output(PNG, on_worker=timed(ctx, "png", lambda im: encode.png_bytes(im[0], level)))
     else:
-        model, images = await infer(
-            ctx, receive, name, version, model, plan.z, plan.labels, deadline
-        )
-        columns = plan.columns
-        content = await _encode(ctx, "grid", lambda: encode.grid_png(images, columns, level))
-    headers = _headers(model, plan.seeds, plan.labels)
-    if plan.etag is not None and model.version == m.version:
-        headers.update({"ETag": plan.etag, "Cache-Control": "no-cache"})
+        columns = query.columns
+        grid = timed(ctx, "grid", lambda _, im: encode.grid_png(im, columns, level))
+        output = Output(PNG, off_loop=grid)
+    asked = model
+    model, content = await generate(ctx, name, version, model, inputs, output, deadline(ctx), gone)
+    headers = _headers(model, inputs)
+    if etag is not None and model.version == asked.version:
+        headers.update({"ETag": etag, "Cache-Control": "no-cache"})
     else:
         headers["Cache-Control"] = "no-store"
     return Response(content, media_type=PNG, headers=headers)
 
 
-# --- POST interpolate ----------------------------------------------------------------------
+async def answer_interpolate(
+    ctx: ServiceContext, name: str, content_type: str | None, read_body: ReadBody, gone: WaitGone
+) -> Response:
+    """``POST .../interpolate``: frames of a walk between two seeds or latents."""
+    model = await resolve(ctx, name)
+    body = parse_json_body(InterpolateRequest, content_type, await read_body(), required=True)
+    inputs = plan_interpolate(ctx, model, body)
+    level = ctx.settings.png_compress_level
+    if body.format == "grid":
+        columns = body.columns or body.steps
+        output = Output(
+            PNG, off_loop=timed(ctx, "grid", lambda _, im: encode.grid_png(im, columns, level))
+        )
+    elif body.format == "npy":
+        output = Output(NPY, on_worker=timed(ctx, "npy", encode.npy_bytes))
+    else:
+        frames = timed(
+            ctx,
+            "frames",
+            lambda _, im: json.dumps({"frames": encode.base64_pngs(im, level)}).encode(),
+        )
+        output = Output(JSON, off_loop=frames)
+    until = deadline(ctx, body.timeout_ms / 1000 if body.timeout_ms else None)
+    model, content = await generate(ctx, name, None, model, inputs, output, until, gone)
+    return Response(content, media_type=output.media_type, headers=_headers(model, inputs))
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+GENERATED = {200: {"content": {PNG: {}, NPY: {}, JSON: {}}, "description": "The images"}}
+PNG_ONLY = {
+    200: {"content": {PNG: {}}, "description": "A PNG"},
+    304: {"description": "Not modified"},
+}
+
+
+@router.post(
+    "/v1/models/{name}/generate",
+    summary="Generate n images from seeds or latents",
+    responses=GENERATED,
+    openapi_extra=json_schema_of(GenerateRequest),
+    response_class=Response,
+)
+async def generate_post(request: Request, name: str) -> Response:
+    return await answer_generate(
+        context(request),
+        name,
+        None,
+        request.headers.get("content-type"),
+        request.body,
+        waiter(request.receive),
+    )
+
+
+@router.post(
+    "/v1/models/{name}/versions/{version}/generate",
+    summary="Generate with one version (loading it beside the default needs the admin token)",
+    responses=GENERATED,
+    openapi_extra=json_schema_of(GenerateRequest),
+    response_class=Response,
+)
+async def generate_post_version(request: Request, name: str, version: int) -> Response:
+    ctx = context(request)
+    return await answer_generate(
+        ctx,
+        name,
+        version,
+        request.headers.get("content-type"),
+        request.body,
+        waiter(request.receive),
+        may_load(request, ctx.settings),
+    )
+
+
+@router.get(
+    "/v1/models/{name}/generate",
+    summary="One PNG (a grid when n > 1); same query, same bytes, with an ETag",
+    responses=PNG_ONLY,
+    openapi_extra=query_parameters(PngQuery),
+    response_class=Response,
+)
+async def generate_get(request: Request, name: str) -> Response:
+    return await answer_png(
+        context(request),
+        name,
+        None,
+        request.query_params.multi_items(),
+        request.headers.get("if-none-match"),
+        waiter(request.receive),
+    )
+
+
+@router.get(
+    "/v1/models/{name}/versions/{version}/generate",
+    summary="One PNG from one version (loading it beside the default needs the admin token)",
+    responses=PNG_ONLY,
+    openapi_extra=query_parameters(PngQuery),
+    response_class=Response,
+)
+async def generate_get_version(request: Request, name: str, version: int) -> Response:
+    ctx = context(request)
+    return await answer_png(
+        ctx,
+        name,
+        version,
+        request.query_params.multi_items(),
+        request.headers.get("if-none-match"),
+        waiter(request.receive),
+        may_load(request, ctx.settings),
+    )
 
 
 @router.post(
     "/v1/models/{name}/interpolate",
     summary="A lerp or slerp walk between two seeds or latents, as a grid or frames",
-    responses={200: {"content": {PNG: {}, NPY: {}, "application/json": {}}}},
+    responses=GENERATED,
+    openapi_extra=json_schema_of(InterpolateRequest, required=True),
+    response_class=Response,
 )
-async def interpolate_route(request: Request, name: str, body: InterpolateRequest) -> Response:
-    ctx = context(request)
-    model = get_model(request, name)
-    m = model.manifest
-    check_interpolate(body)
-    limit = ctx.settings.max_interpolation_steps
-    if body.steps > limit:
-        raise bad_input("steps", f"at most {limit} steps, got {body.steps}", "out_of_range")
-    if body.seeds is not None:
-        ends = seed_latents(body.seeds, m.nz)
-        first_seed = body.seeds[0]
-    else:
-        ends = latents_from_request(body.latents, m.nz, "latents")
-        first_seed = None
-    z = truncate(interpolate(ends[0], ends[1], body.steps, body.method), body.truncation)
-    label_value = body.label
-    if label_value is None and m.conditional:
-        label_value = (first_seed or 0) % m.num_classes
-    labels = labels_for(m, label_value, body.steps, None, "label")
-    deadline = _deadline(ctx, body.timeout_ms)
-    model, images = await _infer(request, name, None, model, z, labels, deadline)
-    headers = _headers(model, list(body.seeds) if body.seeds else None, labels)
-    level = ctx.settings.png_compress_level
-    if body.format == "grid":
-        columns = body.columns or body.steps
-        content = await _encode(ctx, "grid", lambda: encode.grid_png(images, columns, level))
-        return Response(content, media_type=PNG, headers=headers)
-    if body.format == "npy":
-        content = await _encode(ctx, "npy", lambda: encode.npy_bytes(images))
-        return Response(content, media_type=NPY, headers=headers)
-
-    def frames() -> bytes:
-        return json.dumps({"frames": encode.base64_pngs(images, level)}).encode()
-
-    content = await _encode(ctx, "frames", frames)
-    return Response(content, media_type="application/json", headers=headers)
+async def interpolate(request: Request, name: str) -> Response:
+    return await answer_interpolate(
+        context(request),
+        name,
+        request.headers.get("content-type"),
+        request.body,
+        waiter(request.receive),
+    )

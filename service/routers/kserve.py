@@ -10,10 +10,9 @@ shape, ``{"error": "<message>"}``, with 4xx for anything the client got wrong.
 
 from __future__ import annotations
 
-import gzip
+import asyncio
 import json
 import math
-import time
 import zlib
 from importlib import metadata as pkg_metadata
 from typing import Any
@@ -22,12 +21,14 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.batcher import BatcherClosed, DeadlineExceeded, QueueFull
-from service.context import context
-from service.manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
-from service.registry import LoadedModel, ModelNotFound
+from ..context import context
+from ..errors import V2_ERROR_RESPONSES, ServiceError
+from ..manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
+from ..pipeline import check_room, deadline, plan_tensors, resolve, serving, submit
+from ..registry import LoadedModel
+from .generate import waiter
 
-router = APIRouter(tags=["open-inference-protocol"])
+router = APIRouter(tags=["open-inference-protocol"], responses=V2_ERROR_RESPONSES)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data"]
@@ -48,39 +49,33 @@ DATATYPES: dict[str, str] = {
 }
 
 
-class V2Error(Exception):
-    """Answered as ``{"error": message}`` with ``status`` (and optional headers)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def v2_error(message: str, code: str = "invalid_value", field: str | None = None) -> ServiceError:
+    """A refusal of a ``/v2`` request; the error table answers it as ``{"error": message}``
+    (input errors with 400, as the protocol asks)."""
+    return ServiceError(code, message, field)
 
 
 # --- app state access -----------------------------------------------------------------------
 
 
-def _count_bad_request(request: Request, model: str) -> None:
-    context(request).metrics.refuse(model, "bad_request")
-
-
-def _lookup(request: Request, name: str, version: str | None) -> LoadedModel:
-    """The loaded model, or V2Error 404 naming what is missing."""
+async def _lookup(request: Request, name: str, version: str | None) -> LoadedModel:
+    """The serving model, or a version already loaded beside it (never loaded here)."""
+    ctx = context(request)
+    if version is None:
+        return serving(ctx, name)
+    if not version.isascii() or not version.isdigit() or len(version) > 9:
+        serving(ctx, name)
+        raise v2_error(f"model '{name}' has no version '{version[:32]}'", "version_not_found")
     try:
-        loaded = context(request).registry.get(name)
-    except ModelNotFound:
-        raise V2Error(404, f"unknown model '{name}'") from None
-    if version is not None and version != str(loaded.version):
-        raise V2Error(
-            404,
+        return await resolve(ctx, name, int(version))
+    except ServiceError as exc:
+        if exc.code not in ("forbidden", "version_not_found", "version_not_loaded"):
+            raise
+        loaded = serving(ctx, name)
+        raise v2_error(
             f"model '{name}' has no version '{version}' loaded (serving version {loaded.version})",
-        )
-    return loaded
+            "version_not_loaded",
+        ) from None
 
 
 def _server_ready(request: Request) -> bool:
@@ -142,20 +137,14 @@ async def server_ready(request: Request) -> Response:
 @router.get("/v2/models/{name}")
 @router.get("/v2/models/{name}/versions/{version}")
 async def get_model_metadata(request: Request, name: str, version: str | None = None) -> Response:
-    try:
-        loaded = _lookup(request, name, version)
-    except V2Error as exc:
-        return error(exc.status, exc.message)
+    loaded = await _lookup(request, name, version)
     return JSONResponse(model_metadata(loaded.manifest, loaded.version))
 
 
 @router.get("/v2/models/{name}/ready")
 @router.get("/v2/models/{name}/versions/{version}/ready")
 async def get_model_ready(request: Request, name: str, version: str | None = None) -> Response:
-    try:
-        _lookup(request, name, version)
-    except V2Error as exc:
-        return error(exc.status, exc.message)
+    await _lookup(request, name, version)
     ready = _server_ready(request)
     return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 400)
 
@@ -171,18 +160,16 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         try:
             length = int(header_length)
         except ValueError:
-            raise V2Error(
-                400, f"{HEADER_LENGTH} must be an integer, got {header_length!r}"
-            ) from None
+            raise v2_error(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
         if not 0 < length <= len(body):
-            raise V2Error(400, f"{HEADER_LENGTH} is {length} but the body has {len(body)} bytes")
+            raise v2_error(f"{HEADER_LENGTH} is {length} but the body has {len(body)} bytes")
         json_part, tail = body[:length], body[length:]
     try:
         header = json.loads(json_part)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise V2Error(400, f"request JSON is invalid: {exc}") from None
+        raise v2_error(f"request JSON is invalid: {exc}") from None
     if not isinstance(header, dict):
-        raise V2Error(400, "request JSON must be an object")
+        raise v2_error("request JSON must be an object")
     return header, memoryview(tail)
 
 
@@ -197,12 +184,12 @@ def _flatten(data: Any, out: list[Any], path: str) -> None:
 def _json_values(data: Any, datatype: str, field: str) -> np.ndarray:
     """``data`` (nested or flat) -> 1-D array of ``datatype``; wrong element types -> 400."""
     if not isinstance(data, list):
-        raise V2Error(400, f"{field}.data must be an array")
+        raise v2_error(f"{field}.data must be an array")
     flat: list[Any] = []
     try:
         _flatten(data, flat, field)
     except RecursionError:
-        raise V2Error(400, f"{field}.data is nested too deeply") from None
+        raise v2_error(f"{field}.data is nested too deeply") from None
     if datatype.startswith("FP"):
         ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat)
         kind = "numbers"
@@ -213,11 +200,11 @@ def _json_values(data: Any, datatype: str, field: str) -> np.ndarray:
         ok = all(isinstance(v, int) and not isinstance(v, bool) for v in flat)
         kind = "integers"
     if not ok:
-        raise V2Error(400, f"{field}.data must hold only {kind} for datatype {datatype}")
+        raise v2_error(f"{field}.data must hold only {kind} for datatype {datatype}")
     try:
         return np.array(flat, dtype=DATATYPES[datatype])
     except (OverflowError, ValueError) as exc:
-        raise V2Error(400, f"{field}.data does not fit {datatype}: {exc}") from None
+        raise v2_error(f"{field}.data does not fit {datatype}: {exc}") from None
 
 
 def read_tensor(
@@ -226,58 +213,58 @@ def read_tensor(
     """One ``$request_input`` -> (name, array shaped as declared, new binary offset)."""
     field = f"inputs[{index}]"
     if not isinstance(spec, dict):
-        raise V2Error(400, f"{field} must be an object")
+        raise v2_error(f"{field} must be an object")
     name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
     if not isinstance(name, str):
-        raise V2Error(400, f"{field}.name must be a string")
+        raise v2_error(f"{field}.name must be a string")
     field = f"input '{name}'"
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        raise V2Error(400, f"{field}: shape must be a list of non-negative integers")
+        raise v2_error(f"{field}: shape must be a list of non-negative integers")
     if datatype not in DATATYPES:
-        raise V2Error(400, f"{field}: unknown datatype {datatype!r}")
+        raise v2_error(f"{field}: unknown datatype {datatype!r}")
     count = math.prod(shape)
     params = spec.get("parameters") or {}
     if not isinstance(params, dict):
-        raise V2Error(400, f"{field}: parameters must be an object")
+        raise v2_error(f"{field}: parameters must be an object")
     size = params.get("binary_data_size")
     if size is not None:
         if "data" in spec:
-            raise V2Error(400, f"{field}: give either data or binary_data_size, not both")
+            raise v2_error(f"{field}: give either data or binary_data_size, not both")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise V2Error(400, f"{field}: binary_data_size must be a non-negative integer")
+            raise v2_error(f"{field}: binary_data_size must be a non-negative integer")
         itemsize = np.dtype(DATATYPES[datatype]).itemsize
         if size != count * itemsize:
-            raise V2Error(
-                400,
+            raise v2_error(
                 f"{field}: binary_data_size is {size} bytes but shape {shape} of {datatype} "
                 f"needs {count * itemsize}",
             )
         if offset + size > len(tail):
-            raise V2Error(
-                400, f"{field}: binary data ends at byte {offset + size}, body has {len(tail)}"
+            raise v2_error(
+                f"{field}: binary data ends at byte {offset + size}, body has {len(tail)}"
             )
         values = np.frombuffer(tail[offset : offset + size], dtype=DATATYPES[datatype])
         offset += size
     else:
         if "data" not in spec:
-            raise V2Error(400, f"{field}: needs data or parameters.binary_data_size")
+            raise v2_error(f"{field}: needs data or parameters.binary_data_size")
         values = _json_values(spec["data"], datatype, field)
         if values.size != count:
-            raise V2Error(
-                400, f"{field}: data has {values.size} elements but shape {shape} needs {count}"
+            raise v2_error(
+                f"{field}: data has {values.size} elements but shape {shape} needs {count}"
             )
     return name, values.reshape(shape), offset
 
 
 def parse_inputs(
-    header: dict[str, Any], tail: memoryview, manifest: Manifest, max_images: int
+    header: dict[str, Any], tail: memoryview, manifest: Manifest
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validate the request against the model's signature -> (z [n, nz], labels [n] | None)."""
+    """The request's tensors against the model's signature -> (z, labels | None); their shapes
+    and values are checked by the pipeline's plan."""
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
-        raise V2Error(400, "inputs must be a non-empty array")
+        raise v2_error("inputs must be a non-empty array")
     expected = {LATENT_INPUT: "FP32"}
     if manifest.conditional:
         expected[LABEL_INPUT] = "INT64"
@@ -286,44 +273,22 @@ def parse_inputs(
     for i, spec in enumerate(inputs):
         name, values, offset = read_tensor(spec, i, tail, offset)
         if name not in expected:
-            raise V2Error(
-                400,
-                f"unknown input '{name}'; model '{manifest.name}' takes {sorted(expected)}",
+            raise v2_error(
+                f"unknown input '{name}'; model '{manifest.name}' takes {sorted(expected)}"
             )
         if name in tensors:
-            raise V2Error(400, f"input '{name}' is given twice")
+            raise v2_error(f"input '{name}' is given twice")
         if spec["datatype"] != expected[name]:
-            raise V2Error(
-                400, f"input '{name}' must have datatype {expected[name]}, got {spec['datatype']}"
+            raise v2_error(
+                f"input '{name}' must have datatype {expected[name]}, got {spec['datatype']}"
             )
         tensors[name] = values
     if offset != len(tail):
-        raise V2Error(400, f"body has {len(tail) - offset} bytes of binary data no input claims")
+        raise v2_error(f"body has {len(tail) - offset} bytes of binary data no input claims")
     missing = [name for name in expected if name not in tensors]
     if missing:
-        raise V2Error(400, f"missing input '{missing[0]}'")
-
-    z = tensors[LATENT_INPUT]
-    if z.ndim != 2 or z.shape[1] != manifest.nz:
-        raise V2Error(400, f"input 'z' must have shape [n, {manifest.nz}], got {list(z.shape)}")
-    n = z.shape[0]
-    if not 1 <= n <= max_images:
-        raise V2Error(400, f"input 'z' has batch size {n}; allowed 1..{max_images}")
-    if not np.isfinite(z).all():
-        raise V2Error(400, "input 'z' must hold finite numbers")
-    labels = tensors.get(LABEL_INPUT)
-    if labels is not None:
-        if labels.shape != (n,):
-            raise V2Error(
-                400, f"input 'label' must have shape [{n}] to match 'z', got {list(labels.shape)}"
-            )
-        bad = labels[(labels < 0) | (labels >= manifest.num_classes)]
-        if bad.size:
-            raise V2Error(
-                400, f"input 'label' has {int(bad[0])}; must be 0..{manifest.num_classes - 1}"
-            )
-        labels = np.ascontiguousarray(labels, dtype=np.int64)
-    return np.ascontiguousarray(z, dtype=np.float32), labels
+        raise v2_error(f"missing input '{missing[0]}'")
+    return tensors[LATENT_INPUT], tensors.get(LABEL_INPUT)
 
 
 def wants_binary(header: dict[str, Any]) -> bool:
@@ -331,61 +296,97 @@ def wants_binary(header: dict[str, Any]) -> bool:
     request-wide ``binary_data_output`` (default JSON)."""
     params = header.get("parameters") or {}
     if not isinstance(params, dict):
-        raise V2Error(400, "parameters must be an object")
+        raise v2_error("parameters must be an object")
     binary = params.get("binary_data_output", False)
     outputs = header.get("outputs")
     if outputs is not None:
         if not isinstance(outputs, list):
-            raise V2Error(400, "outputs must be an array")
+            raise v2_error("outputs must be an array")
         for i, out in enumerate(outputs):
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
-                raise V2Error(400, f"outputs[{i}] must be an object with a name")
+                raise v2_error(f"outputs[{i}] must be an object with a name")
             if out["name"] != IMAGE_OUTPUT:
-                raise V2Error(400, f"unknown output '{out['name']}'; the model has 'image'")
+                raise v2_error(f"unknown output '{out['name']}'; the model has 'image'")
             out_params = out.get("parameters") or {}
             if not isinstance(out_params, dict):
-                raise V2Error(400, f"outputs[{i}].parameters must be an object")
+                raise v2_error(f"outputs[{i}].parameters must be an object")
             binary = out_params.get("binary_data", binary)
     if not isinstance(binary, bool):
-        raise V2Error(400, "binary_data and binary_data_output must be booleans")
+        raise v2_error("binary_data and binary_data_output must be booleans")
     return binary
 
 
-def deadline_from(header: dict[str, Any], default_s: float) -> float:
-    """``parameters.timeout`` in microseconds (as Triton clients send it) or the default."""
-    timeout = (header.get("parameters") or {}).get("timeout")
+MAX_TIMEOUT_US = 10**12  # larger timeouts mean "no shorter than the default"
+
+
+def timeout_from(header: dict[str, Any]) -> float | None:
+    """``parameters.timeout`` in microseconds (as Triton clients send it), in seconds."""
+    params = header.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise v2_error("parameters must be an object")
+    timeout = params.get("timeout")
     if timeout is None:
-        return time.monotonic() + default_s
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-        raise V2Error(400, "parameters.timeout must be a positive number of microseconds")
-    return time.monotonic() + min(default_s, timeout / 1e6)
+        return None
+    if (
+        not isinstance(timeout, (int, float))
+        or isinstance(timeout, bool)
+        or not 0 < timeout < math.inf
+    ):
+        raise v2_error("parameters.timeout must be a positive number of microseconds")
+    return min(timeout, MAX_TIMEOUT_US) / 1e6
+
+
+DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+INFLATE_CHUNK = 64 * 1024
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Decompress ``body`` a chunk at a time, stopping as soon as the output passes ``limit``:
+    a small compressed body can never inflate to more than ``limit`` bytes in memory."""
+    decompressor = zlib.decompressobj(DECOMPRESSORS[encoding])
+    out: list[bytes] = []
+    size = 0
+    data = body
+    try:
+        while data:
+            chunk = decompressor.decompress(data, INFLATE_CHUNK)
+            size += len(chunk)
+            if size > limit:
+                raise v2_error(
+                    f"request body is larger than {limit} bytes once decompressed",
+                    "body_too_large",
+                    "body",
+                )
+            out.append(chunk)
+            data = decompressor.unconsumed_tail
+            if decompressor.eof:
+                break
+        if not decompressor.eof:
+            raise v2_error(f"body is not valid {encoding}: truncated")
+    except zlib.error as exc:
+        raise v2_error(f"body is not valid {encoding}: {exc}") from None
+    return b"".join(out)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, decompressed if sent with Content-Encoding; 413 past ``limit``."""
+    """The whole body, decompressed if sent with Content-Encoding (off the event loop, bounded
+    by ``limit`` before and after); 413 past it, 415 for an unknown encoding."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity", *DECOMPRESSORS):
+        raise v2_error(
+            f"unsupported Content-Encoding {encoding[:32]!r}", "unsupported_media_type", "body"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise V2Error(413, f"request body is larger than {limit} bytes")
+            raise v2_error(f"request body is larger than {limit} bytes", "body_too_large", "body")
         chunks.append(chunk)
     body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").lower()
     if encoding in ("", "identity"):
         return body
-    try:
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
-        else:
-            raise V2Error(415, f"unsupported Content-Encoding {encoding!r}")
-    except (OSError, zlib.error, EOFError) as exc:
-        raise V2Error(400, f"body is not valid {encoding}: {exc}") from None
-    if len(body) > limit:
-        raise V2Error(413, f"request body is larger than {limit} bytes once decompressed")
-    return body
+    return await asyncio.to_thread(inflate, body, encoding, limit)
 
 
 def encode_response(
@@ -414,33 +415,16 @@ def encode_response(
 @router.post("/v2/models/{name}/infer")
 @router.post("/v2/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    try:
-        loaded = _lookup(request, name, version)
-    except V2Error as exc:
-        return error(exc.status, exc.message)
-    settings = context(request).settings
-    max_images = settings.max_images_per_request
-    limit = settings.max_body_bytes
-    timeout_s = settings.request_timeout_s
-    try:
-        body = await read_body(request, limit)
-        header, tail = split_body(body, request.headers.get(HEADER_LENGTH))
-        z, labels = parse_inputs(header, tail, loaded.manifest, max_images)
-        binary = wants_binary(header)
-        deadline = deadline_from(header, timeout_s)
-    except V2Error as exc:
-        _count_bad_request(request, name)
-        return error(exc.status, exc.message, exc.headers)
-    try:
-        images = await loaded.batcher.submit(z, labels, deadline)
-    except QueueFull as exc:
-        return error(
-            503,
-            f"model '{name}' is overloaded ({exc}); retry later",
-            {"Retry-After": str(exc.retry_after)},
-        )
-    except DeadlineExceeded:
-        return error(504, f"request waited longer than its deadline for model '{name}'")
-    except BatcherClosed:
-        return error(503, f"model '{name}' is being replaced or shut down", {"Retry-After": "1"})
+    ctx = context(request)
+    loaded = await _lookup(request, name, version)
+    check_room(loaded, 1)  # before reading the body: a refusal under a flood stays cheap
+    body = await read_body(request, ctx.settings.max_body_bytes)
+    header, tail = split_body(body, request.headers.get(HEADER_LENGTH))
+    z, labels = parse_inputs(header, tail, loaded.manifest)
+    binary = wants_binary(header)
+    timeout = timeout_from(header)
+    until = deadline(ctx, None if timeout is None else min(timeout, ctx.settings.request_timeout_s))
+    inputs = plan_tensors(ctx, loaded, z, labels)
+    pinned = None if version is None else loaded.version
+    loaded, images = await submit(ctx, name, pinned, loaded, inputs, until, waiter(request.receive))
     return encode_response(images, header, name, loaded.version, binary)

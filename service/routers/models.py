@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ..context import context
-from ..errors import ApiError
+from ..errors import ERROR_RESPONSES, ServiceError
 from ..manifest import Manifest
+from ..pipeline import serving
 from ..registry import LoadedModel, ModelRegistry
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], responses=ERROR_RESPONSES)
 
 
 def model_info(model: LoadedModel, registry: ModelRegistry) -> dict:
@@ -33,18 +34,6 @@ def model_info(model: LoadedModel, registry: ModelRegistry) -> dict:
     }
 
 
-def get_model(request: Request, name: str) -> LoadedModel:
-    registry = context(request).registry
-    try:
-        return registry.get(name)
-    except KeyError:
-        if registry.state == "loading":
-            raise ApiError(
-                503, "loading", "models are still loading", None, {"Retry-After": "1"}
-            ) from None
-        raise ApiError(404, "model_not_found", f"no model named {name!r}", "name") from None
-
-
 @router.get("/v1/models", summary="Every served model")
 async def list_models(request: Request) -> dict:
     registry = context(request).registry
@@ -53,23 +42,25 @@ async def list_models(request: Request) -> dict:
 
 @router.get("/v1/models/{name}", summary="One model: manifest, versions, provider, evaluation")
 async def show_model(request: Request, name: str) -> dict:
-    return model_info(get_model(request, name), context(request).registry)
+    ctx = context(request)
+    return model_info(serving(ctx, name), ctx.registry)
 
 
 @router.get("/v1/models/{name}/versions/{version}", summary="The manifest of one version on disk")
 async def show_version(request: Request, name: str, version: int) -> dict:
     registry = context(request).registry
-    directory = registry.versions_on_disk(name).get(version)
+    directory = registry.versions_on_disk(name).get(version)  # {} for an impossible name
     if directory is None:
-        raise ApiError(404, "version_not_found", f"{name} has no version {version}", "version")
+        raise ServiceError("version_not_found", f"{name[:64]} has no version {version}", "version")
     try:
         manifest = Manifest.load(directory)
     except Exception as exc:
-        raise ApiError(409, "invalid_manifest", f"{name} v{version}: {exc}", "version") from exc
-    serving = name in registry.models and registry.get(name).version == version
+        message = f"{name} v{version}: {registry.without_paths(exc)}"
+        raise ServiceError("invalid_manifest", message, "version") from exc
+    serving_now = name in registry.models and registry.get(name).version == version
     return {
         "name": name,
         "version": version,
-        "serving": serving,
+        "serving": serving_now,
         "manifest": manifest.model_dump(mode="json"),
     }

@@ -1,7 +1,7 @@
 """The playground page at ``GET /`` and the small JSON API it calls.
 
 The page (``service/static/``) is plain HTML, CSS and JavaScript with no build step and no
-external assets. Its API goes through each model's batcher like every other endpoint:
+external assets. Its API goes through the generation pipeline like every other endpoint:
 
 * ``GET /playground/api/models``: served models with classes and image size.
 * ``GET /playground/api/samples?model&seed&n&label``: n images for seeds seed..seed+n-1.
@@ -13,23 +13,32 @@ Images come back as base64 PNGs inside JSON so the page can show them as ``<img>
 
 from __future__ import annotations
 
-import asyncio
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service.batcher import BatcherClosed, DeadlineExceeded, QueueFull
-from service.context import context
-from service.encode import base64_pngs
-from service.latents import interpolate
-from service.manifest import MAX_SEED, latents_from_seeds
-from service.registry import LoadedModel, ModelNotFound
+from ..context import context
+from ..encode import base64_pngs
+from ..errors import ERROR_RESPONSES
+from ..manifest import MAX_SEED
+from ..pipeline import (
+    Inputs,
+    Output,
+    deadline,
+    generate,
+    plan_generate,
+    plan_interpolate,
+    serving,
+    timed,
+)
+from ..registry import LoadedModel
+from ..schemas import GenerateRequest, InterpolateRequest
+from .generate import JSON, waiter
 
-router = APIRouter(tags=["playground"])
+router = APIRouter(tags=["playground"], responses=ERROR_RESPONSES)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 ASSETS = {
@@ -40,10 +49,9 @@ MAX_TILES = 64
 MAX_STEPS = 32
 
 
-def _error(status: int, message: str, field: str | None = None, **headers: str) -> JSONResponse:
-    body = {"error": {"code": "bad_request" if status < 500 else "unavailable", "message": message}}
-    body["error"]["field"] = field
-    return JSONResponse(body, status_code=status, headers=headers or None)
+def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
+    body = {"error": {"code": "not_found", "message": message, "field": field}}
+    return JSONResponse(body, status_code=status)
 
 
 @router.get("/", include_in_schema=False)
@@ -54,7 +62,7 @@ async def page() -> FileResponse:
 @router.get("/playground/{asset}", include_in_schema=False)
 async def asset(asset: str) -> Response:
     if asset not in ASSETS:
-        return _error(404, f"no playground asset {asset!r}", "asset")
+        return _error(404, f"no playground asset {asset[:64]!r}", "asset")
     return FileResponse(STATIC_DIR / asset, media_type=ASSETS[asset])
 
 
@@ -78,53 +86,19 @@ async def models(request: Request) -> dict[str, Any]:
     return {"models": out}
 
 
-def _model(request: Request, name: str) -> LoadedModel:
-    try:
-        return context(request).registry.get(name)
-    except ModelNotFound:
-        raise LookupError(f"unknown model {name!r}") from None
-
-
-def _labels(loaded: LoadedModel, label: int | None, seeds: list[int]) -> np.ndarray | None:
-    """One class for all tiles, or ``seed mod classes`` (the service's balanced default)."""
-    classes = loaded.manifest.num_classes
-    if classes == 0:
-        if label is not None:
-            raise ValueError(f"model {loaded.name} is unconditional and takes no label")
-        return None
-    if label is None:
-        return np.array([s % classes for s in seeds], dtype=np.int64)
-    if not 0 <= label < classes:
-        raise ValueError(f"label must be 0..{classes - 1}, got {label}")
-    return np.full(len(seeds), label, dtype=np.int64)
-
-
-async def _render(
-    request: Request, loaded: LoadedModel, z: np.ndarray, labels: np.ndarray | None
-) -> list[str]:
-    settings = context(request).settings
-    deadline = time.monotonic() + settings.request_timeout_s
-    images = await loaded.batcher.submit(z, labels, deadline)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(
-        context(request).encode_pool, base64_pngs, images, settings.png_compress_level
+async def _tiles(
+    request: Request, name: str, inputs_for: Callable[[LoadedModel], Inputs]
+) -> tuple[LoadedModel, Inputs, list[str]]:
+    """resolve -> plan -> submit -> base64 PNG tiles, through the pipeline."""
+    ctx = context(request)
+    model = serving(ctx, name)
+    inputs = inputs_for(model)
+    level = ctx.settings.png_compress_level
+    output = Output(JSON, off_loop=timed(ctx, "json", lambda _, im: base64_pngs(im, level)))
+    model, tiles = await generate(
+        ctx, name, None, model, inputs, output, deadline(ctx), waiter(request.receive)
     )
-
-
-async def _answer(request: Request, work) -> Response:
-    """Run ``work`` and map the batcher's refusals and bad arguments to JSON errors."""
-    try:
-        return JSONResponse(await work())
-    except LookupError as exc:
-        return _error(404, str(exc), "model")
-    except ValueError as exc:
-        return _error(422, str(exc), "label")
-    except QueueFull as exc:
-        return _error(503, f"overloaded: {exc}", None, **{"Retry-After": str(exc.retry_after)})
-    except DeadlineExceeded:
-        return _error(504, "deadline passed while queued")
-    except BatcherClosed:
-        return _error(503, "model is being replaced", None, **{"Retry-After": "1"})
+    return model, inputs, tiles
 
 
 @router.get("/playground/api/samples")
@@ -134,22 +108,17 @@ async def samples(
     seed: int = Query(0, ge=0, le=MAX_SEED - MAX_TILES),
     n: int = Query(16, ge=1, le=MAX_TILES),
     label: int | None = Query(None, ge=0),
-) -> Response:
-    async def work() -> dict[str, Any]:
-        loaded = _model(request, model)
-        seeds = list(range(seed, seed + n))
-        labels = _labels(loaded, label, seeds)
-        z = latents_from_seeds(seeds, loaded.manifest.nz)
-        images = await _render(request, loaded, z, labels)
-        return {
-            "model": model,
-            "version": loaded.version,
-            "seeds": seeds,
-            "labels": None if labels is None else labels.tolist(),
-            "images": images,
-        }
-
-    return await _answer(request, work)
+) -> dict[str, Any]:
+    ctx = context(request)
+    body = GenerateRequest(seed=seed, n=n, labels=label)
+    loaded, inputs, images = await _tiles(request, model, lambda m: plan_generate(ctx, m, body))
+    return {
+        "model": model,
+        "version": loaded.version,
+        "seeds": inputs.seeds,
+        "labels": None if inputs.labels is None else inputs.labels.tolist(),
+        "images": images,
+    }
 
 
 @router.get("/playground/api/interpolate")
@@ -160,13 +129,8 @@ async def interpolate_frames(
     seed_b: int = Query(..., ge=0, le=MAX_SEED),
     steps: int = Query(16, ge=2, le=MAX_STEPS),
     label: int | None = Query(None, ge=0),
-) -> Response:
-    async def work() -> dict[str, Any]:
-        loaded = _model(request, model)
-        ends = latents_from_seeds([seed_a, seed_b], loaded.manifest.nz)
-        z = interpolate(ends[0], ends[1], steps, "slerp")
-        labels = _labels(loaded, label, [seed_a] * steps)
-        frames = await _render(request, loaded, z, labels)
-        return {"model": model, "seed_a": seed_a, "seed_b": seed_b, "frames": frames}
-
-    return await _answer(request, work)
+) -> dict[str, Any]:
+    ctx = context(request)
+    body = InterpolateRequest(seeds=[seed_a, seed_b], steps=steps, method="slerp", label=label)
+    _, _, frames = await _tiles(request, model, lambda m: plan_interpolate(ctx, m, body))
+    return {"model": model, "seed_a": seed_a, "seed_b": seed_b, "frames": frames}

@@ -3,7 +3,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], model: null, label: null, frames: [], history: [], last: null };
+const state = {
+  models: [], model: null, label: null, frames: [], history: [], last: null, ticks: null,
+};
 const TILES = 16;
 const STEPS = 16;
 const POLL_MS = 2000;
@@ -182,9 +184,11 @@ async function pollMetrics() {
       };
       state.history.push(point);
       if (state.history.length > HISTORY) state.history.shift();
-      $("throughput").textContent = point.throughput.toFixed(1);
-      $("latency").textContent = point.latency === null ? "–" : point.latency.toFixed(1);
-      $("p95").textContent = point.p95 === null ? "–" : `≤ ${point.p95.toFixed(1)}`;
+      const peak = Math.max(...state.history.map((p) => p.throughput));
+      $("throughput").textContent = formatValue(point.throughput);
+      $("throughput-peak").textContent = formatValue(peak);
+      $("latency").textContent = point.latency === null ? "–" : formatValue(point.latency);
+      $("p95").textContent = point.p95 === null ? "–" : `≤ ${formatValue(point.p95)}`;
       $("queue").textContent = String(now.queue);
       drawChart();
     }
@@ -194,18 +198,41 @@ async function pollMetrics() {
   }
 }
 
+// A readable value: three significant digits, whole numbers from 100 up, "0" for nothing.
+function formatValue(v) {
+  if (v === 0) return "0";
+  return v >= 100 ? v.toFixed(0) : String(Number(v.toPrecision(3)));
+}
+
+// Axis ticks 0..top in `count` equal steps of 1, 2 or 5 times a power of ten, each label with
+// just the decimals its step needs (0.5 reads "0.5", not "1"; 0.02 reads "0.02", not "0").
+function niceTicks(max, count = 4) {
+  const raw = Math.max(max, 1e-6) / count;
+  let power = 10 ** Math.floor(Math.log10(raw) + 1e-9);
+  let multiple = [1, 2, 5, 10].find((m) => m * power >= raw * (1 - 1e-9));
+  if (multiple === 10) [power, multiple] = [power * 10, 1];
+  const step = multiple * power;
+  const decimals = Math.max(0, -Math.round(Math.log10(power)));
+  const labels = [];
+  for (let k = 0; k <= count; k++) labels.push(k === 0 ? "0" : (k * step).toFixed(decimals));
+  return { top: step * count, labels };
+}
+
 function drawChart() {
   const canvas = $("chart");
   const ctx = canvas.getContext("2d");
   const w = canvas.width;
   const h = canvas.height;
-  const pad = { l: 44, r: 52, t: 10, b: 20 };
+  const pad = { l: 44, r: 60, t: 10, b: 20 };
   ctx.clearRect(0, 0, w, h);
   ctx.font = "11px system-ui, sans-serif";
   const points = state.history;
-  const maxOf = (key) => Math.max(1e-9, ...points.map((p) => p[key] || 0));
-  const maxThroughput = maxOf("throughput") * 1.15;
-  const maxLatency = Math.max(maxOf("latency"), maxOf("p95")) * 1.15;
+  const maxOf = (key) => Math.max(0, ...points.map((p) => p[key] || 0));
+  const throughputTicks = niceTicks(Math.max(maxOf("throughput") * 1.1, 1));
+  const latencyTicks = niceTicks(Math.max(maxOf("latency"), maxOf("p95"), 1) * 1.1);
+  state.ticks = { throughput: throughputTicks.labels, latency: latencyTicks.labels };
+  const maxThroughput = throughputTicks.top;
+  const maxLatency = latencyTicks.top;
   const x = (i) => pad.l + (i * (w - pad.l - pad.r)) / Math.max(1, HISTORY - 1);
   const y = (v, max) => h - pad.b - (v / max) * (h - pad.t - pad.b);
   ctx.strokeStyle = "#d0d5dd";
@@ -216,8 +243,8 @@ function drawChart() {
     ctx.moveTo(pad.l, yy);
     ctx.lineTo(w - pad.r, yy);
     ctx.stroke();
-    ctx.fillText(((maxThroughput * (4 - k)) / 4).toFixed(0), 4, yy + 4);
-    ctx.fillText(`${((maxLatency * (4 - k)) / 4).toFixed(0)} ms`, w - pad.r + 4, yy + 4);
+    ctx.fillText(throughputTicks.labels[4 - k], 4, yy + 4);
+    ctx.fillText(`${latencyTicks.labels[4 - k]} ms`, w - pad.r + 4, yy + 4);
   }
   ctx.fillText("images/s", pad.l + 4, pad.t + 10);
   const line = (key, max, color) => {

@@ -62,5 +62,6 @@ def test_quick_bench_measures_every_system_without_errors(tmp_path: Path) -> Non
     report = (out / "results.md").read_text()
     assert report.index("## Ratios") < report.index("## Targets") < report.index("| system |")
     assert report.index("# Whole machine") < report.index("## Scaling") < report.index("# Pinned")
+    assert "does not measure the targets" in report and "**no**" not in report
     assert (out / "p99_vs_throughput.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "p99_vs_throughput_pinned.png").read_bytes().startswith(b"\x89PNG")

@@ -72,3 +72,18 @@ def test_markdown_puts_ratios_first() -> None:
     text = markdown({"meta": meta, "models": {"m": model}})
     assert text.index("## Ratios") < text.index("## Targets") < text.index("## m ")
     assert "| m | single: service/ceiling | 0.62 | >= 0.8 | **no** |" in text
+
+
+def test_quick_run_says_targets_are_not_measured() -> None:
+    model = _model([_row("service", "single", 1, 500.0, 4.0, 5.0)])
+    model["analysis"] = analyse(model, judged=False)
+    assert {t["met"] for t in model["analysis"]["targets"]} == {None}
+    meta = {
+        "command": "python -m bench --quick", "cpu_model": "cpu", "cores": 2, "quick": True,
+        "server_cpus": "0", "client_cpus": "1", "onnxruntime": "1", "onnxruntime_threads": 1,
+        "python": "3", "gpu": "none", "started": "now", "seconds": 1.0,
+        "loadavg_start": [0, 0, 0], "loadavg_end": [0, 0, 0],
+    }  # fmt: skip
+    text = markdown({"meta": meta, "models": {"m": model}})
+    assert "does not measure the targets" in text and "**no**" not in text
+    assert "| m | single: service/ceiling | 0.62 | >= 0.8 | not judged |" in text

@@ -49,7 +49,7 @@ def test_class_click_renders_new_images_in_chromium(service, tmp_path: Path):
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
         )
         try:
-            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             external: list[str] = []
@@ -63,6 +63,15 @@ def test_class_click_renders_new_images_in_chromium(service, tmp_path: Path):
             page.wait_for_selector("body[data-ready=true]", timeout=20_000)
             page.select_option("#model", "tiny")
             page.wait_for_function("document.querySelectorAll('#grid img').length === 16")
+            # "mixed" and the ten classes sit on one row at 1280 px
+            rows = page.eval_on_selector_all(
+                "#classes button", "bs => new Set(bs.map(b => b.offsetTop)).size"
+            )
+            assert rows == 1
+            # axis labels carry the decimals their step needs
+            assert page.evaluate("niceTicks(0.37).labels") == ["0", "0.1", "0.2", "0.3", "0.4"]
+            assert page.evaluate("niceTicks(2.2).labels") == ["0", "1", "2", "3", "4"]
+            assert page.evaluate("niceTicks(730).labels") == ["0", "200", "400", "600", "800"]
             before = page.eval_on_selector_all("#grid img", "imgs => imgs.map(i => i.src)")
 
             page.click("#classes button[data-label='3']")
@@ -89,6 +98,16 @@ def test_class_click_renders_new_images_in_chromium(service, tmp_path: Path):
                 "!isNaN(parseFloat(document.getElementById('throughput').textContent))",
                 timeout=10_000,
             )
+            # once a scrape has seen the images, the legend's peak is the chart's highest point
+            # and the throughput axis reads in distinct steps
+            page.click("#refresh")
+            page.wait_for_function("state.history.some(p => p.throughput > 0)", timeout=10_000)
+            peak, shown, ticks = page.evaluate(
+                "[Math.max(...state.history.map(p => p.throughput)),"
+                " document.getElementById('throughput-peak').textContent, state.ticks.throughput]"
+            )
+            assert peak > 0 and float(shown) == pytest.approx(peak, rel=0.01)
+            assert len(set(ticks)) == 5 and float(ticks[-1]) >= peak
             assert errors == [] and external == []
             shot = tmp_path / "playground.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -164,3 +164,37 @@ def test_remote_sample_equals_local(service, tiny_store: Path, tmp_path: Path):
         )
         == 2
     )
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """gan-sample's stderr: exactly one line, starting ``gan-sample: error:``."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gan-sample: error: "), lines
+    return lines[0]
+
+
+def test_usage_errors_are_one_line_naming_the_fix(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    out = ["-o", str(tmp_path / "x"), "--no-progress"]
+    assert main(["-n", "2", *out, "--local", str(tiny_store), "--model", "tny"]) == 2
+    line = one_error_line(capsys)
+    assert "'tny'" in line and "plain, tiny" in line
+    assert main(["-n", "2", *out, "--url", "http://127.0.0.1:9", "--retries", "0"]) == 2
+    line = one_error_line(capsys)
+    assert "connect" in line and "gan-serve" in line and "--local" in line
+    assert main(["-n", "2", *out, "--local", str(tmp_path / "missing")]) == 2
+    assert "missing" in one_error_line(capsys)
+    for bad, flag in ((["-n", "0"], "--num"), (["-n", "1", "--url", "http://256.0.0.1"], "--url")):
+        with pytest.raises(SystemExit) as exit_:
+            main([*bad, *out])
+        assert exit_.value.code == 2 and flag in one_error_line(capsys)
+
+
+def test_unknown_remote_model_lists_the_served_ones(
+    service, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    args = ["-n", "2", "-o", str(tmp_path / "x"), "--url", service.url, "--model", "tny"]
+    assert main([*args, "--no-progress"]) == 2
+    line = one_error_line(capsys)
+    assert "'tny'" in line and "plain, tiny" in line

@@ -43,7 +43,7 @@ async def running_app(store: Path, **overrides) -> AsyncIterator[tuple[FastAPI, 
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             await wait_ready(client)
             yield app, client
 

@@ -287,7 +287,7 @@ def test_same_seed_same_image_alone_and_at_any_batch_position(store) -> None:
 
 @pytest.mark.parametrize("fast_path", [True, False])
 def test_overload_gets_503_while_accepted_requests_complete(store, monkeypatch, fast_path) -> None:
-    import service.routers.generate as generate_module
+    import service.pipeline as generate_module
 
     latents_made: list[int] = []
     real_seed_latents = generate_module.seed_latents

@@ -1,4 +1,5 @@
-"""The lean ``GET .../generate`` path answers exactly as the documented FastAPI route."""
+"""The lean path answers exactly as the documented FastAPI routes: both call the same
+``answer_*`` functions, so every query and body, valid or not, gets the same answer."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-import service.middleware as middleware_module
-from service.fastpath import parse_png_query
+import service.fastpath as fastpath_module
+from service.errors import ServiceError
+from service.fastpath import query_pairs
+from service.schemas import parse_png_query
 from tests.service.conftest import metric_samples, run, running_app
 
 GEN = "/v1/models/tiny/generate"
 
-# Served by the fast path: plain, valid queries.
+# Valid queries, some written unusually.
 PLAIN = [
     "seed=7&label=3",
     "seed=7",
@@ -23,10 +26,12 @@ PLAIN = [
     "seed=9223372036854775807",
     "seed=7&utm_source=x",
     "seed=007&label=%33",
+    "seed=+7",
+    "seed=1&truncation=1e-1",
+    "seed=%207",
 ]
-# Handed on to the route: valid but unusual spellings, and every validation error.
-UNUSUAL = ["seed=+7", "seed=1&truncation=1e-1", "seed=%207", "seed=7&seed=8"]
-HANDED_ON = [
+# Every validation error, answered with the field it names.
+INVALID = [
     "seed=-1",
     "seed=abc",
     "seed=",
@@ -40,39 +45,45 @@ HANDED_ON = [
     "seed=1&label=unknown",
     "seed=1&label=12",
     "seed=1&label=" + "x" * 65,
+    "seed=7&seed=8",
+    "seed=1&label=%C2%B2",
+    "seed=1&label=%D9%A1",
+    "seed=1&label=-%C2%B2",
+    "seed=1&label=%E2%91%A0",
 ]
 
 
-def test_query_parser_accepts_only_plainly_valid_queries() -> None:
-    q = parse_png_query(b"seed=7&label=3&n=2&truncation=0.25&columns=1&other=x")
-    assert q is not None
+def test_query_parser_validates_through_the_query_model() -> None:
+    q = parse_png_query(query_pairs(b"seed=7&label=3&n=2&truncation=0.25&columns=1&other=x"))
     assert (q.seed, q.label, q.n, q.truncation, q.columns) == (7, "3", 2, 0.25, 1)
-    assert parse_png_query(b"").seed is None
-    for query in UNUSUAL + HANDED_ON[:5] + ["n=0", "seed=1&columns=0", "seed=1&truncation=2"]:
-        assert parse_png_query(query.encode()) is None, query
+    assert parse_png_query([]).seed is None
+    for query, field in [("seed=7&seed=8", "seed"), ("n=0", "n"), ("truncation=nan", "truncation")]:
+        with pytest.raises(ServiceError) as err:
+            parse_png_query(query_pairs(query.encode()))
+        assert err.value.status == 422 and err.value.field == field, query
 
 
 @pytest.mark.parametrize("if_none_match", [None, "*"])
 def test_fast_path_and_route_give_the_same_answers(store, monkeypatch, if_none_match) -> None:
-    answered: list[bool] = []  # per call of the fast path: did it answer itself?
-    inner = middleware_module.serve_generate_get
+    answered: list[str] = []  # every call of the lean path's GET answer
+    inner = fastpath_module.answer_png
 
     async def spy(*args):  # noqa: ANN002, ANN202
-        answered.append(await inner(*args))
-        return answered[-1]
+        answered.append("lean")
+        return await inner(*args)
 
-    monkeypatch.setattr(middleware_module, "serve_generate_get", spy)
+    monkeypatch.setattr(fastpath_module, "answer_png", spy)
 
     async def scenario() -> None:
         async with AsyncExitStack() as stack:
             fast_app, fast = await stack.enter_async_context(running_app(store))
             slow_app, slow = await stack.enter_async_context(running_app(store, fast_path=False))
             headers = {"If-None-Match": if_none_match} if if_none_match else {}
-            for query in PLAIN + UNUSUAL + HANDED_ON + ["label=3", "n=3"]:
+            for query in PLAIN + INVALID + ["label=3", "n=3"]:
                 answered.clear()
                 a = await fast.get(f"{GEN}?{query}", headers=headers)
                 b = await slow.get(f"{GEN}?{query}", headers=headers)
-                assert len(answered) == 1, query  # the fast app only
+                assert answered == ["lean"], query  # the fast app only, and always
                 assert a.status_code == b.status_code, query
                 if "seed=" in query and a.status_code != 422:
                     assert list(a.headers.items()) == list(b.headers.items()), query
@@ -80,13 +91,9 @@ def test_fast_path_and_route_give_the_same_answers(store, monkeypatch, if_none_m
                 else:  # a random seed: same shape of answer, different image
                     assert sorted(a.headers) == sorted(b.headers), query
                 if query in PLAIN:
-                    assert answered == [True], f"{query} should take the fast path"
-                    assert a.status_code == (304 if if_none_match else 200)
-                if query in UNUSUAL:
-                    assert answered == [False], f"{query} should reach the route"
-                if query in HANDED_ON:
-                    assert answered == [False], f"{query} should reach the route"
-                    assert a.status_code in (404, 422), query
+                    assert a.status_code == (304 if if_none_match else 200), query
+                if query in INVALID:
+                    assert a.status_code == 422, query
                     assert a.json() == b.json(), query
 
             # the ETag of a fast answer revalidates on both paths
@@ -128,7 +135,7 @@ def test_unexpected_error_on_the_fast_path_is_a_json_500(store, monkeypatch) -> 
 
     async def scenario() -> None:
         async with running_app(store) as (app, _):
-            monkeypatch.setattr(fastpath, "plan_png", broken)
+            monkeypatch.setattr(fastpath, "answer_png", broken)
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 r = await client.get(f"{GEN}?seed=1")
@@ -155,7 +162,7 @@ POST_PLAIN = [
     {"seed": 2, "n": 2, "format": "json", "truncation": 0.5},
     {"latents": [[0.5] * 8], "labels": 4, "format": "npy"},
 ]
-POST_HANDED_ON = [
+POST_INVALID = [
     b'{"seed": 1',
     b"[1, 2]",
     b'{"seed": -1}',
@@ -170,33 +177,34 @@ POST_HANDED_ON = [
 
 
 def test_post_fast_path_and_route_give_the_same_answers(store, monkeypatch) -> None:
-    answered: list[bool] = []
-    inner = middleware_module.serve_generate_post
+    answered: list[str] = []
+    inner = fastpath_module.answer_generate
 
     async def spy(*args):  # noqa: ANN002, ANN202
-        result = await inner(*args)
-        answered.append(result is None)
-        return result
+        answered.append("lean")
+        return await inner(*args)
 
-    monkeypatch.setattr(middleware_module, "serve_generate_post", spy)
+    monkeypatch.setattr(fastpath_module, "answer_generate", spy)
     json_type = {"Content-Type": "application/json"}
 
     async def scenario() -> None:
         async with AsyncExitStack() as stack:
             fast_app, fast = await stack.enter_async_context(running_app(store))
             slow_app, slow = await stack.enter_async_context(running_app(store, fast_path=False))
-            cases = [(json.dumps(b).encode(), json_type, True) for b in POST_PLAIN]
-            cases += [(b, json_type, False) for b in POST_HANDED_ON]
+            cases = [(json.dumps(b).encode(), json_type, 200) for b in POST_PLAIN]
+            cases += [(b, json_type, None) for b in POST_INVALID]
             cases += [
-                (b'{"seed": 3}', {"Content-Type": "text/plain"}, False),
-                (b'{"seed": 3}', {"Content-Type": "application/json; charset=utf-8"}, False),
-                (b"", {}, False),
+                (b'{"seed": 3}', {"Content-Type": "text/plain"}, 415),
+                (b'{"seed": 3}', {"Content-Type": "application/json; charset=utf-8"}, 200),
+                (b"", {}, 200),
+                ('{"seed": 3, "labels": "²"}'.encode(), json_type, 422),
             ]
-            for content, headers, lean in cases:
+            for content, headers, expected in cases:
                 answered.clear()
                 a = await fast.post(GEN, content=content, headers=headers)
                 b = await slow.post(GEN, content=content, headers=headers)
-                assert answered == [lean], content[:80]
+                assert answered == ["lean"], content[:80]
+                assert expected is None or a.status_code == expected, content[:80]
                 assert a.status_code == b.status_code, content[:80]
                 if a.status_code == 200 and b"seed" in content:
                     assert list(a.headers.items()) == list(b.headers.items()), content[:80]
@@ -205,7 +213,7 @@ def test_post_fast_path_and_route_give_the_same_answers(store, monkeypatch) -> N
                     assert sorted(a.headers) == sorted(b.headers), content[:80]
                 if a.status_code >= 400:
                     assert a.json() == b.json(), content[:80]
-                if not lean and content in POST_HANDED_ON:
+                if content in POST_INVALID:
                     assert a.status_code in (400, 422), content[:80]
 
             def counted(app) -> list:  # noqa: ANN001

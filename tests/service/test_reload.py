@@ -154,7 +154,7 @@ def test_versions_by_number_load_beside_the_default(store) -> None:
         write_tiny_model(store, "tiny", version)
 
     async def scenario():
-        async with running_app(store, max_pinned_versions=1) as (app, c):
+        async with running_app(store, max_pinned_versions=1, version_load_interval_s=0) as (app, c):
             body = {"seed": 8, "n": 2, "format": "npy"}
             default = await c.post(GEN, json=body)
             assert default.headers["x-model-version"] == "3"

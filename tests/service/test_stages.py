@@ -13,7 +13,7 @@ from PIL import Image
 
 from service import encode, runtime
 from service.batcher import BatcherClosed, DeadlineExceeded, LatentBatcher, QueueFull
-from service.errors import ApiError
+from service.errors import ServiceError
 from service.latents import interpolate, labels_for, latents_from_request, seeds_for, truncate
 from service.manifest import Manifest, latent_from_seed
 from service.metrics import ServiceMetrics
@@ -31,7 +31,7 @@ def _manifest(tmp_path, **kw) -> Manifest:
 def test_seeds_are_consecutive_and_bounded() -> None:
     assert seeds_for(5, 3) == [5, 6, 7]
     assert len(set(seeds_for(None, 4))) == 4
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(ServiceError) as err:
         seeds_for(2**63 - 2, 5)
     assert err.value.field == "seed"
 
@@ -49,7 +49,7 @@ def test_balanced_labels_follow_seeds_or_positions(tmp_path) -> None:
         ([1, 2, 3], "labels"),
         ("x", "labels"),
     ]:
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(ServiceError) as err:
             labels_for(m, bad, 2, None)
         assert err.value.field == field and err.value.status == 422
 
@@ -57,17 +57,17 @@ def test_balanced_labels_follow_seeds_or_positions(tmp_path) -> None:
 def test_unconditional_model_takes_no_labels(tmp_path) -> None:
     m = _manifest(tmp_path, num_classes=0)
     assert labels_for(m, None, 3, [1, 2, 3]) is None
-    with pytest.raises(ApiError):
+    with pytest.raises(ServiceError):
         labels_for(m, 1, 3, None)
 
 
 def test_given_latents_checked_for_length_and_finiteness() -> None:
     z = latents_from_request([[0.5] * 4, [1.0] * 4], 4, "latents")
     assert z.dtype == np.float32 and z.shape == (2, 4)
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(ServiceError) as err:
         latents_from_request([[0.0] * 4, [0.0] * 3], 4, "latents")
     assert err.value.field == "latents[1]"
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(ServiceError) as err:
         latents_from_request([[0.0] * 3 + [1e39]], 4, "latents")  # overflows float32
     assert err.value.field == "latents[0]"
 

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.__main__ import parse_settings, settings_parser
+from service.__main__ import ENV_ONLY, parse_settings, settings_parser
 from service.settings import Settings
 from tests.service.conftest import metric_value
 from tests.support.server import REPO_ROOT, ServiceProcess
@@ -117,7 +117,9 @@ def test_queue_limit_deadline_and_client_disconnect_reach_the_engine(tmp_path) -
         before = metric_value(
             fresh_get(svc.url, "/metrics").text, "gan_serve_images_generated_total"
         )
-        blocker = threading.Thread(target=fresh_post, args=(svc.url, GEN), kwargs={"json": {"n": 48}})
+        blocker = threading.Thread(
+            target=fresh_post, args=(svc.url, GEN), kwargs={"json": {"n": 48}}
+        )
         blocker.start()
         wait_for(lambda: queued(svc) >= 20)
         body = b'{"n": 6, "seed": 9}'
@@ -222,15 +224,28 @@ def test_a_busy_port_says_so_in_one_line(tmp_path) -> None:
 def test_every_setting_has_a_flag_with_its_default() -> None:
     parser = settings_parser()
     flags = {a.dest: a for a in parser._actions}
+    assert ENV_ONLY == {"admin_token"}  # a secret: never on a command line
     for name, field in Settings.model_fields.items():
+        if name in ENV_ONLY:
+            assert name not in flags
+            continue
         assert name in flags, f"setting {name} has no flag"
-        assert f"(default: {'(none)' if field.default is None else field.default})" in (
-            flags[name].help or ""
-        )
+        default = field.get_default(call_default_factory=True)
+        assert f"(default: {'(none)' if default is None else default})" in flags[name].help
     s = parse_settings(
-        ["--workers", "3", "--no-fast-path", "--admin-token", "t", "--log-level", "debug"]
+        [
+            "--workers",
+            "3",
+            "--no-fast-path",
+            "--allowed-hosts",
+            "a",
+            "--allowed-hosts",
+            "b",
+            "--log-level",
+            "debug",
+        ]
     )
-    assert (s.workers, s.fast_path, s.admin_token, s.log_level) == (3, False, "t", "debug")
+    assert (s.workers, s.fast_path, s.allowed_hosts, s.log_level) == (3, False, ["a", "b"], "debug")
     with pytest.raises(SystemExit) as exit_info:
         parse_settings(["--port", "70000"])
     assert exit_info.value.code == 2

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
@@ -19,7 +20,7 @@ from service.manifest import (
     sha256_file,
     utc_now,
 )
-from training.classifier import load_reference_classifier
+from training.classifier import ClassifierConfig, load_reference_classifier, train_classifier
 from training.data import load_embedded_mnist
 from training.evaluate import evaluate_generator, frechet_distance, resolve_version_dir
 from training.export import export_random_generator
@@ -115,16 +116,42 @@ def test_reference_classifier_anchor_is_strong():
     assert again.from_cache and again.heldout_accuracy == reference.heldout_accuracy
 
 
+def test_classifier_training_ignores_the_callers_thread_count():
+    train, _ = load_embedded_mnist(image_size=16)
+    cfg = ClassifierConfig(image_size=16, width=8, feature_dim=16, epochs=1)
+    images, labels = train.images[::20], train.labels[::20]
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            weights.append(train_classifier(images, labels, cfg).state_dict())
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+
+
 @pytest.mark.slow
-def test_evaluation_separates_real_digits_from_noise(tmp_path: Path):
+def test_evaluation_separates_real_digits_from_noise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     small = dict(samples=1000, fid_samples=500, cas_samples=500)
 
     noise_dir = export_random_generator(tmp_path, "noise", ModelConfig(num_classes=10, ngf=8))
     sha = Manifest.load(noise_dir).artifact.sha256
-    noise = evaluate_generator(noise_dir, **small)
+    noise = evaluate_generator(noise_dir, write=True, **small)
 
     replay_dir = _replay_generator(tmp_path, "replay")
+    capsys.readouterr()
     replay = evaluate_generator(replay_dir, **small)
+    # Unasked, evaluation writes nothing, and it reports each stage as it goes.
+    assert Manifest.load(replay_dir).evaluation == {}
+    assert sorted(p.name for p in replay_dir.iterdir()) == ["generator.onnx", "manifest.json"]
+    progress = capsys.readouterr().err
+    for stage in ("generating 1000 images", "Fréchet distance", "CAS classifier: epoch 8/8"):
+        assert stage in progress
 
     # Real digits are recognised as the requested class; noise is not.
     assert replay["conditional_accuracy"] >= 0.95
