@@ -46,12 +46,27 @@ class ServiceApp(FastAPI):
             await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; models load in the background after startup (``/readyz`` says when)."""
+def create_app(
+    settings: Settings | None = None,
+    engine_path: str | None = None,
+    metrics_dir: str | None = None,
+) -> FastAPI:
+    """Build the app; models load in the background after startup (``/readyz`` says when).
+
+    With ``engine_path`` the app is one front end of several: its models run in the engine
+    process listening there, and its metrics are shared through ``metrics_dir``.
+    """
     settings = settings or Settings()
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(metrics_dir)
     lifecycle = Lifecycle()
-    registry = ModelRegistry(settings.resolved_model_store(), settings, metrics)
+    store = settings.resolved_model_store()
+    registry: ModelRegistry
+    if engine_path is None:
+        registry = ModelRegistry(store, settings, metrics)
+    else:
+        from .engine_link import RemoteRegistry
+
+        registry = RemoteRegistry(store, settings, metrics, engine_path)
     encode_pool = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode")
     ctx = ServiceContext(settings, metrics, registry, lifecycle, encode_pool)
 

@@ -93,16 +93,18 @@ class GeneratorRuntime:
             with _cuda_lock:
                 reason = _cuda_failure
                 if reason is None and CUDA not in ort.get_available_providers():
-                    reason = "onnxruntime lists no CUDAExecutionProvider"
+                    reason = "this onnxruntime has no CUDA support"
                 if reason is None:
                     try:
                         return self._cuda_session(), CUDA
+                    except ProviderUnavailable as exc:
+                        reason = str(exc)
                     except Exception as exc:  # any failure means: not usable here
-                        reason = f"{type(exc).__name__}: {exc}"
+                        reason = f"CUDA failed its probe: {type(exc).__name__}: {exc}"
                 _cuda_failure = reason
             if device == "cuda":
                 raise ProviderUnavailable(f"device=cuda but CUDA is not usable: {reason}")
-            log.info("using CPUExecutionProvider (%s)", reason)
+            log.info("running on the CPU: %s (device=%s)", reason, device)
         sess = ort.InferenceSession(
             str(self.onnx_path), _session_options(self.options.threads), providers=[CPU]
         )
@@ -122,7 +124,7 @@ class GeneratorRuntime:
         finally:
             ort.set_default_logger_severity(2)
         if sess.get_providers()[0] != CUDA:
-            raise ProviderUnavailable("session did not place the model on CUDA")
+            raise ProviderUnavailable("no usable CUDA device or CUDA libraries found")
         z, labels = self._dummy(1)
         feed = {LATENT_INPUT: z}
         if labels is not None:
