@@ -42,7 +42,7 @@ from service.manifest import (
     LABEL_INPUT,
     LATENT_INPUT,
     Manifest,
-    latents_from_seeds,
+    model_latents,
     version_dirs,
 )
 from training.classifier import (
@@ -106,10 +106,9 @@ class GeneratorRunner:
         self, seeds: np.ndarray, labels: np.ndarray | None = None, batch: int = 500
     ) -> np.ndarray:
         """uint8 images [N, H, W, C] for the given seeds (and labels, if conditional)."""
-        nz = self.manifest.nz
         out = []
         for start in range(0, len(seeds), batch):
-            feeds = {LATENT_INPUT: latents_from_seeds(seeds[start : start + batch], nz)}
+            feeds = {LATENT_INPUT: model_latents(self.manifest, seeds[start : start + batch])}
             if self.manifest.conditional:
                 if labels is None:
                     raise ValueError("a conditional generator needs labels")

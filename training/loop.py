@@ -285,6 +285,7 @@ class Trainer:
             real=real.to(dev, non_blocking=True),
             labels=labels.to(dev, non_blocking=True) if self.mcfg.num_classes else None,
             z=torch.randn(n, self.mcfg.nz, device=dev),
+            step=self.step,
         )
 
         self.opt_d.zero_grad(set_to_none=True)
