@@ -51,7 +51,7 @@ def test_slow_heads_slow_bodies_large_heads_and_idle_sockets_are_cut(tmp_path) -
         short_body = _connect(service)
         short_body.sendall(
             b"POST /v1/models/tiny/generate HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"seed\": 1"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"seed": 1'
         )
         assert _answer(idle).startswith(b"HTTP/1.1 408 ")
         assert _answer(slowloris).startswith(b"HTTP/1.1 408 ")
