@@ -52,6 +52,21 @@ class LatentSpec(BaseModel):
     dtype: Literal["float32"] = "float32"
 
 
+class TruncationSpec(BaseModel):
+    """BigGAN's truncation trick, applied where latents are drawn from seeds: every value
+    beyond ``threshold`` in magnitude is redrawn (see :func:`latent_from_seed`). A request's
+    ``truncation`` psi in [0, 1] scales the threshold; absent, the model's own threshold holds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["resample"] = "resample"
+    threshold: float = Field(gt=0.0, le=16.0)
+
+    def threshold_for(self, psi: float | None) -> float:
+        """The threshold a request with truncation ``psi`` gets (None: the model's own)."""
+        return self.threshold if psi is None else self.threshold * psi
+
+
 class ArtifactSpec(BaseModel):
     """The ONNX file beside the manifest and its checksum, checked before every load."""
 
@@ -72,6 +87,8 @@ class Manifest(BaseModel):
     version: int = Field(ge=1)
     created_at: datetime
     description: str = ""
+    family: str = Field(default="", description="GAN family, e.g. dcgan or gan2014")
+    paper: str = Field(default="", description="the paper the family follows")
     nz: int = Field(ge=1, le=4096)
     image_size: int = Field(ge=4, le=4096)
     channels: Literal[1, 3]
@@ -80,6 +97,9 @@ class Manifest(BaseModel):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     latent: LatentSpec = Field(default_factory=LatentSpec)
+    truncation: TruncationSpec | None = Field(
+        default=None, description="absent: seeds' latents untruncated, psi scales latents"
+    )
     artifact: ArtifactSpec
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
@@ -190,21 +210,68 @@ def next_version(model_dir: str | Path) -> int:
 # --- seeds and latents -------------------------------------------------------------------
 
 
-def latent_from_seed(seed: int, nz: int) -> np.ndarray:
+MIN_RESAMPLE_THRESHOLD = 0.05  # below this, redrawing would take unbounded time
+
+
+def latent_from_seed(seed: int, nz: int, threshold: float | None = None) -> np.ndarray:
     """The documented seed-to-latent map: ``numpy.random.Generator(PCG64(seed))``,
-    ``standard_normal(nz, dtype=float32)``. A seed's latent never depends on its neighbours."""
+    ``standard_normal(nz, dtype=float32)``. A seed's latent never depends on its neighbours.
+
+    With a ``threshold`` (resample truncation): while any value has ``|v| > threshold``, those
+    values, in index order, are replaced by the same generator's next draws. A threshold of 0
+    gives the zero latent (the limit); positive thresholds below ``MIN_RESAMPLE_THRESHOLD``
+    count as that minimum. Without one, the latent is exactly the untruncated draw.
+    """
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     rng = np.random.Generator(np.random.PCG64(seed))
-    return rng.standard_normal(nz, dtype=np.float32)
+    z = rng.standard_normal(nz, dtype=np.float32)
+    if threshold is None:
+        return z
+    if threshold <= 0.0:
+        return np.zeros(nz, dtype=np.float32)
+    limit = np.float32(max(threshold, MIN_RESAMPLE_THRESHOLD))
+    outside = np.abs(z) > limit
+    while outside.any():
+        z[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32)
+        outside = np.abs(z) > limit
+    return z
 
 
-def latents_from_seeds(seeds: list[int] | np.ndarray, nz: int) -> np.ndarray:
+def latents_from_seeds(
+    seeds: list[int] | np.ndarray, nz: int, threshold: float | None = None
+) -> np.ndarray:
     """Stack :func:`latent_from_seed` for each seed into a float32 array of shape [n, nz]."""
     out = np.empty((len(seeds), nz), dtype=np.float32)
     for i, seed in enumerate(seeds):
-        out[i] = latent_from_seed(int(seed), nz)
+        out[i] = latent_from_seed(int(seed), nz, threshold)
     return out
+
+
+def model_latents(
+    manifest: Manifest, seeds: list[int] | np.ndarray, psi: float | None = None
+) -> np.ndarray:
+    """Seeds -> latents by the model's own rule: resampled within the (psi-scaled) threshold
+    for a model with resample truncation, the plain draw otherwise (psi is then applied by
+    scaling, :func:`truncate_latents`)."""
+    spec = manifest.truncation
+    threshold = None if spec is None else spec.threshold_for(psi)
+    return latents_from_seeds(seeds, manifest.nz, threshold)
+
+
+def truncate_latents(manifest: Manifest, z: np.ndarray, psi: float | None) -> np.ndarray:
+    """Truncation ``psi`` on latents already drawn. No truncation spec: ``psi * z`` (None or 1
+    leaves z unchanged). Resample truncation: values are clipped to the psi-scaled threshold,
+    which leaves the model's own seed latents unchanged; latents a caller sent cannot be redrawn.
+    """
+    spec = manifest.truncation
+    if spec is None:
+        if psi is None or psi == 1.0:
+            return z
+        return (z * np.float32(psi)).astype(np.float32)
+    t = spec.threshold_for(psi)
+    limit = np.float32(0.0 if t <= 0.0 else max(t, MIN_RESAMPLE_THRESHOLD))
+    return np.clip(z, -limit, limit).astype(np.float32)
 
 
 def dump_json(data: Any) -> str:

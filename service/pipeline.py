@@ -130,8 +130,8 @@ def plan_generate(ctx: ServiceContext, model: LoadedModel, body: GenerateRequest
     labels = labels_for(m, body.labels, n, seeds)
     check_room(model, n)
     if z is None:
-        z = seed_latents(seeds, m.nz)
-    return Inputs(truncate(z, body.truncation), labels, seeds)
+        z = seed_latents(seeds, m, body.truncation)
+    return Inputs(truncate(z, body.truncation, m), labels, seeds)
 
 
 def plan_png(ctx: ServiceContext, model: LoadedModel, query: PngQuery) -> Inputs:
@@ -141,7 +141,8 @@ def plan_png(ctx: ServiceContext, model: LoadedModel, query: PngQuery) -> Inputs
     seeds = seeds_for(query.seed, query.n)
     labels = labels_for(m, query.label, query.n, seeds, "label")
     check_room(model, query.n)
-    return Inputs(truncate(seed_latents(seeds, m.nz), query.truncation), labels, seeds)
+    z = seed_latents(seeds, m, query.truncation)
+    return Inputs(truncate(z, query.truncation, m), labels, seeds)
 
 
 def png_etag(ctx: ServiceContext, model: LoadedModel, query: PngQuery) -> str | None:
@@ -177,7 +178,7 @@ def plan_interpolate(ctx: ServiceContext, model: LoadedModel, body: InterpolateR
     if body.steps > limit:
         raise bad_input("steps", f"at most {limit} steps, got {body.steps}", "out_of_range")
     if body.seeds is not None:
-        ends = seed_latents(body.seeds, m.nz)
+        ends = seed_latents(body.seeds, m, body.truncation)
         first_seed = body.seeds[0]
     else:
         ends = latents_from_request(body.latents, m.nz, "latents")
@@ -187,7 +188,7 @@ def plan_interpolate(ctx: ServiceContext, model: LoadedModel, body: InterpolateR
         label = first_seed % m.num_classes  # the balanced rule, for the walk's first seed
     labels = labels_for(m, label, body.steps, None, "label")
     check_room(model, body.steps)
-    z = truncate(interpolate(ends[0], ends[1], body.steps, body.method), body.truncation)
+    z = truncate(interpolate(ends[0], ends[1], body.steps, body.method), body.truncation, m)
     return Inputs(z, labels, list(body.seeds) if body.seeds else None)
 
 

@@ -162,6 +162,7 @@ class Trainer:
         # Same initial weights on every rank (seeded), different noise per rank after that.
         torch.manual_seed(cfg.seed)
         g, d = self.family.build(self.mcfg)
+        self.family.init_from_data(g, d, self.data.images)
         dev = self.rt.device
         self.g, self.d = g.to(dev), d.to(dev)
         self.g_ema = copy.deepcopy(self.g).eval() if cfg.ema_decay > 0 else None
@@ -284,6 +285,7 @@ class Trainer:
             real=real.to(dev, non_blocking=True),
             labels=labels.to(dev, non_blocking=True) if self.mcfg.num_classes else None,
             z=torch.randn(n, self.mcfg.nz, device=dev),
+            step=self.step,
         )
 
         self.opt_d.zero_grad(set_to_none=True)

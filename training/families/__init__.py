@@ -7,12 +7,16 @@ A family is a subclass of :class:`Family` registered in :data:`FAMILIES` under i
 It provides:
 
 - ``name``, ``paper`` (the paper it follows, written into the manifest) and ``description``;
+- ``truncation``: how the service truncates its seeds' latents (a manifest
+  :class:`~service.manifest.TruncationSpec`), None for the plain psi scaling;
 - ``model_config(train_cfg, channels, num_classes)``: its model config dataclass for a run. Every
   config has ``image_size``, ``channels``, ``nz``, ``num_classes`` and ``to_dict()``, and the
   generator keeps it as ``g.cfg`` (the grid, the EMA calibration and the exporter read it);
 - ``config_from_dict(d)``: the config back from a checkpoint's ``model_config``;
 - ``build(cfg) -> (G, D)``: freshly initialised models (the loop seeds torch first);
   ``new_generator(cfg)``: an empty generator to load a checkpoint into;
+- ``init_from_data(g, d, images)``: data-dependent initialisation right after ``build``, with
+  no random draws (nothing by default);
 - ``optimizers(g, d, train_cfg) -> (opt_g, opt_d)``: Adam with the run's ``lr`` and betas by
   default;
 - ``d_loss(g, d, batch, train_cfg) -> (loss_d, state)``: the discriminator's loss for one batch,
@@ -36,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from service.manifest import TruncationSpec
+
 if TYPE_CHECKING:
     from training.loop import TrainConfig
 
@@ -47,6 +53,7 @@ class Batch:
     real: torch.Tensor  # N x C x S x S in [-1, 1]
     labels: torch.Tensor | None  # N int64 class ids, None for an unconditional model
     z: torch.Tensor  # N x nz latents
+    step: int = 0  # steps completed before this one (ProGAN's growth schedule reads it)
 
 
 @dataclass
@@ -65,6 +72,7 @@ class Family:
     name: str = ""
     paper: str = ""
     description: str = ""
+    truncation: TruncationSpec | None = None
 
     def model_config(self, train_cfg: TrainConfig, channels: int, num_classes: int) -> Any:
         raise NotImplementedError
@@ -77,6 +85,9 @@ class Family:
 
     def new_generator(self, cfg: Any) -> nn.Module:
         raise NotImplementedError
+
+    def init_from_data(self, g: nn.Module, d: nn.Module, images: torch.Tensor) -> None:
+        """Set weights from the training images [N, C, S, S] in [-1, 1]; no random draws."""
 
     def optimizers(
         self, g: nn.Module, d: nn.Module, train_cfg: TrainConfig
@@ -102,12 +113,16 @@ class Family:
 
 
 def _registry() -> dict[str, Family]:
+    from training.families.biggan import BigGAN
     from training.families.dcgan import DCGAN
+    from training.families.gan2014 import GAN2014
+    from training.families.progan import ProGAN
 
-    return {family.name: family for family in (DCGAN(),)}
+    return {f.name: f for f in (DCGAN(), GAN2014(), ProGAN(), BigGAN())}
 
 
-FAMILIES: tuple[str, ...] = ("dcgan",)  # the names ``gan-train train --family`` accepts
+# the names ``gan-train train --family`` accepts
+FAMILIES: tuple[str, ...] = ("dcgan", "gan2014", "progan", "biggan")
 
 
 def get_family(name: str) -> Family:
