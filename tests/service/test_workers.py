@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from service.__main__ import ENV_ONLY, parse_settings, settings_parser
-from service.settings import Settings
+from service.settings import Settings, usable_cores
 from tests.service.conftest import metric_value
 from tests.support.server import REPO_ROOT, ServiceProcess
 from tests.support.tiny_model import write_tiny_model
@@ -266,3 +266,16 @@ def test_every_setting_has_a_flag_with_its_default() -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse_settings(["--port", "70000"])
     assert exit_info.value.code == 2
+
+
+def test_front_ends_default_to_the_cores_a_container_may_use(tmp_path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cores = len(os.sched_getaffinity(0))
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(cpu_max) == cores
+    cpu_max.write_text("50000 100000\n")  # half a core: still one front end
+    assert usable_cores(cpu_max) == 1
+    cpu_max.write_text(f"{(cores + 3) * 100000} 100000\n")  # a quota above the affinity
+    assert usable_cores(cpu_max) == cores
+    assert usable_cores(tmp_path / "absent") == cores
+    assert Settings(workers=3).front_ends() == 3
