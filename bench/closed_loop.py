@@ -93,6 +93,63 @@ def _run_one_process(
     return runner(_closed_loop(host, port, workload, connections, seconds, timeout_s, seed_base))
 
 
+class LoadClient:
+    """Client processes kept for a series of runs (starting them costs more than a short run);
+    a context manager that closes them by itself."""
+
+    def __init__(self, processes: int = 1) -> None:
+        self.processes = max(1, processes)
+        self._pool: Any = None
+
+    def __enter__(self) -> LoadClient:
+        if self.processes > 1:
+            self._pool = multiprocessing.get_context("spawn").Pool(self.processes)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def run(
+        self,
+        base_url: str,
+        workload: Workload,
+        connections: int,
+        seconds: float,
+        timeout_s: float = 10.0,
+        seed_base: int = 0,
+    ) -> dict[str, Any]:
+        """The common result row (see :func:`bench.loadgen.summarise`) of a closed loop at
+        ``connections``, split as evenly as it goes over the client processes."""
+        _check_loopback(base_url)
+        processes = max(1, min(self.processes, connections))
+        shares = [
+            connections // processes + (i < connections % processes) for i in range(processes)
+        ]
+        jobs = [
+            (base_url, workload, share, seconds, timeout_s, seed_base + 1_000_000 * i)
+            for i, share in enumerate(shares)
+        ]
+        if self._pool is None or processes == 1:
+            parts = [_run_one_process(*jobs[0])]
+        else:
+            parts = self._pool.starmap(_run_one_process, jobs)
+        latencies = np.concatenate([np.asarray(p[0], dtype=np.float64) for p in parts]) * 1e3
+        return summarise(
+            requests=sum(p[2] for p in parts),
+            ok=len(latencies),
+            errors=sum(p[1] for p in parts),
+            seconds=max(p[3] for p in parts),
+            latencies_ms=latencies,
+            images_per_request=workload.images_per_request,
+            mode="closed",
+            concurrency=connections,
+            client_processes=processes,
+        )
+
+
 def run_closed_loop(
     base_url: str,
     workload: Workload,
@@ -102,31 +159,6 @@ def run_closed_loop(
     timeout_s: float = 10.0,
     seed_base: int = 0,
 ) -> dict[str, Any]:
-    """The common result row (see :func:`bench.loadgen.summarise`) for a closed loop at
-    ``connections``, split as evenly as it goes over ``processes`` client processes."""
-    _check_loopback(base_url)
-    processes = max(1, min(processes, connections))
-    shares = [connections // processes + (i < connections % processes) for i in range(processes)]
-    jobs = [
-        (base_url, workload, share, seconds, timeout_s, seed_base + 1_000_000 * i)
-        for i, share in enumerate(shares)
-    ]
-    if processes == 1:
-        parts = [_run_one_process(*jobs[0])]
-    else:
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            parts = pool.starmap(_run_one_process, jobs)
-    latencies = np.concatenate([np.asarray(p[0]) for p in parts]) * 1e3
-    failures = sum(p[1] for p in parts)
-    elapsed = max(p[3] for p in parts)
-    return summarise(
-        requests=sum(p[2] for p in parts),
-        ok=len(latencies),
-        errors=failures,
-        seconds=elapsed,
-        latencies_ms=latencies,
-        images_per_request=workload.images_per_request,
-        mode="closed",
-        concurrency=connections,
-        client_processes=processes,
-    )
+    """One closed-loop run with its own client processes (see :class:`LoadClient`)."""
+    with LoadClient(processes) as client:
+        return client.run(base_url, workload, connections, seconds, timeout_s, seed_base)

@@ -14,6 +14,7 @@ No step lets onnxruntime fall back to the CPU silently: a CUDA session counts on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ import sys
 import tarfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench.ceiling import model_feeds, time_calls
-from bench.closed_loop import run_closed_loop
+from bench.closed_loop import LoadClient
 from bench.procs import LOOPBACK, ServerProcess, free_port, http_text
 from bench.systems import service_workloads
 from service.manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
@@ -65,6 +66,14 @@ class Skip(Exception):
         self.data = data or {}
 
 
+class StepFailed(Exception):
+    """A step that failed after measuring something worth keeping (``data``)."""
+
+    def __init__(self, reason: str, data: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.data = data
+
+
 @dataclass(frozen=True)
 class Plan:
     """The grids and time budget of one run (``quick`` shrinks every one of them)."""
@@ -81,13 +90,14 @@ class Plan:
     point_seconds: float  # most seconds of load per grid point
     train_steps: int
     client_processes: int
+    training_reserve_s: float  # kept from the service steps for the three training steps
 
     @classmethod
     def for_host(cls, quick: bool, cores: int) -> Plan:
         if quick:
             return cls(
                 quick=True,
-                budget_s=60.0,
+                budget_s=120.0,  # a hard stop: about a minute is what it takes
                 models=("mnist-cdcgan",),
                 batch_sizes=(1, 8, 64),
                 front_ends=(1, 2),
@@ -98,6 +108,7 @@ class Plan:
                 point_seconds=0.5,
                 train_steps=2,
                 client_processes=1,
+                training_reserve_s=40.0,
             )
         grid = tuple(f for f in (1, 2, 4, 8, 16) if f <= max(cores, 1))
         return cls(
@@ -115,6 +126,7 @@ class Plan:
             point_seconds=1.0,
             train_steps=30,
             client_processes=max(1, min(4, cores // 4)),
+            training_reserve_s=100.0,
         )
 
 
@@ -272,7 +284,9 @@ def step_environment(ctx: Context) -> dict[str, Any]:
     code, out = run_command([sys.executable, "-c", torch_probe], ctx.logs / "torch.log", 120)
     data.update(json.loads(out.strip().splitlines()[-1]) if code == 0 else {"torch": out[-300:]})
     if missing:
-        raise RuntimeError(f"the service cannot start: {', '.join(missing)} not importable")
+        raise StepFailed(
+            f"the service cannot start: {', '.join(missing)} not importable (--wheels DIR)", data
+        )
     return data
 
 
@@ -358,9 +372,12 @@ def step_cuda_provider(ctx: Context) -> dict[str, Any]:
     return data
 
 
-def _bind_device(session: Any, manifest: Manifest, size: int, device: str) -> tuple[Any, Any]:
+def _bind_device(
+    session: Any, manifest: Manifest, size: int, device: str, graph: bool = False
+) -> tuple[Any, Any]:
     """An IO binding with inputs and output in fixed buffers on ``device``, and the run that
-    refreshes the inputs in place and copies the images to the host (what serving needs)."""
+    refreshes the inputs in place and copies the images to the host (what serving needs). With
+    ``graph``, each batch size is its own CUDA graph (``gpu_graph_id``; 0 is reserved)."""
     import onnxruntime as ort
 
     z = ort.OrtValue.ortvalue_from_shape_and_type([size, manifest.nz], np.float32, device, 0)
@@ -378,7 +395,8 @@ def _bind_device(session: Any, manifest: Manifest, size: int, device: str) -> tu
     binding.bind_ortvalue_output(IMAGE_OUTPUT, out)
     feeds = model_feeds(manifest, list(range(size)))
     run_options = ort.RunOptions()
-    run_options.add_run_config_entry("gpu_graph_id", str(size))
+    if graph:
+        run_options.add_run_config_entry("gpu_graph_id", str(size))
 
     def run() -> np.ndarray:
         z.update_inplace(feeds[LATENT_INPUT])
@@ -423,7 +441,9 @@ def step_ceiling(ctx: Context) -> dict[str, Any]:
             row["io_binding"] = size / time_calls(bound, ctx.plan.min_seconds)
             if graph_session is not None:
                 try:
-                    replay, _graph_buffers = _bind_device(graph_session, manifest, size, device)
+                    replay, _graph_buffers = _bind_device(
+                        graph_session, manifest, size, device, graph=True
+                    )
                     for _ in range(2):  # warm-up, then capture
                         replay()
                     row["cuda_graph"] = size / time_calls(replay, ctx.plan.min_seconds)
@@ -522,55 +542,57 @@ def measure_service(
     else:
         settings["CUDA_VISIBLE_DEVICES"] = ""  # the CPU alone, even on a GPU host
     points = len(front_ends) * len(manifests) * sum(len(c) for c in connections.values())
-    share = ctx.seconds_left() / 2 if device == "cuda" else ctx.seconds_left() * 0.6
+    left = ctx.seconds_left() - ctx.plan.training_reserve_s
+    share = left / 2 if device == "cuda" and not ctx.plan.quick else left
     start_cost = 8.0 if not ctx.plan.quick else 3.0
     point_s = max(0.3, min(ctx.plan.point_seconds, (share - len(front_ends) * start_cost) / points))
     step_deadline = time.monotonic() + share
     rows: list[dict[str, Any]] = []
     data: dict[str, Any] = {"settings": settings, "point_seconds": point_s, "rows": rows}
-    for count in front_ends:
-        if time.monotonic() > step_deadline:
-            data.setdefault("skipped_front_ends", []).append(count)
-            continue
-        port = free_port()
-        env = {**settings, "GAN_SERVE_WORKERS": str(count)}
-        url = f"http://{LOOPBACK}:{port}"
-        command = [
-            sys.executable,
-            "-m",
-            "service",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "--model-store",
-            str(store),
-        ]
-        log = ctx.logs / f"service-{device}-{count}.log"
-        with ServerProcess(command, url + "/readyz", log, None, env, start_timeout=180):
-            for name, manifest in manifests.items():
-                served = json.loads(http_text(f"{url}/v1/models/{name}"))
-                if served.get("provider") != device:
-                    raise RuntimeError(
-                        f"the service runs {name} on {served.get('provider')}, not {device}"
-                    )
-                model = _BenchModelView(name, manifest.num_classes)
-                for workload in service_workloads(model).values():  # type: ignore[arg-type]
-                    for conns in connections[workload.name]:
-                        row = {"front_ends": count, "model": name, "workload": workload.name}
-                        if time.monotonic() > step_deadline:
-                            rows.append({**row, "concurrency": conns, "skipped": "time budget"})
-                            continue
-                        result = run_closed_loop(
-                            url,
-                            workload,
-                            conns,
-                            point_s,
-                            processes=ctx.plan.client_processes,
-                            timeout_s=60.0,
+    with LoadClient(ctx.plan.client_processes) as client:
+        for count in front_ends:
+            if time.monotonic() > step_deadline:
+                data.setdefault("skipped_front_ends", []).append(count)
+                continue
+            env = {**settings, "GAN_SERVE_WORKERS": str(count)}
+            log = ctx.logs / f"service-{device}-{count}.log"
+            with _started_service(store, env, log) as url:
+                for name, manifest in manifests.items():
+                    served = json.loads(http_text(f"{url}/v1/models/{name}"))
+                    if served.get("provider") != device:
+                        raise RuntimeError(
+                            f"the service runs {name} on {served.get('provider')}, not {device}"
                         )
-                        rows.append({**row, **result})
+                    view = _BenchModelView(name, manifest.num_classes)
+                    for workload in service_workloads(view).values():  # type: ignore[arg-type]
+                        for conns in connections[workload.name]:
+                            row = {"front_ends": count, "model": name, "workload": workload.name}
+                            if time.monotonic() > step_deadline:
+                                rows.append({**row, "concurrency": conns, "skipped": "time budget"})
+                                continue
+                            result = client.run(url, workload, conns, point_s, timeout_s=60.0)
+                            rows.append({**row, **result})
     return data
+
+
+@contextlib.contextmanager
+def _started_service(store: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    """``python -m service`` on loopback until ready (its URL), stopped by PID afterwards; a
+    start that fails says why from the tail of its log."""
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    command = [sys.executable, "-m", "service", "--host", LOOPBACK, "--port", str(port)]
+    command += ["--model-store", str(store)]
+    try:
+        server = ServerProcess(command, url + "/readyz", log, None, env, start_timeout=120)
+        server.__enter__()
+    except (RuntimeError, TimeoutError) as exc:
+        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        raise RuntimeError(f"{exc}: {tail}") from exc
+    try:
+        yield url
+    finally:
+        server.stop()
 
 
 @dataclass(frozen=True)
@@ -750,6 +772,8 @@ def run_step(ctx: Context, name: str, function: Callable[[Context], dict[str, An
             result = StepResult(name, "passed", 0.0, "", data)
         except Skip as skip:
             result = StepResult(name, "skipped", 0.0, str(skip), skip.data)
+        except StepFailed as failure:
+            result = StepResult(name, "failed", 0.0, str(failure), failure.data)
         except Exception as exc:
             tail = traceback.format_exc(limit=3)
             result = StepResult(
