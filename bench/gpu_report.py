@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,8 @@ def write_plot(results: dict[str, Any], path: Path) -> bool:
             points = [(r["batch_size"], r[mode]) for r in model["per_batch"] if mode in r]
             if points:
                 left.plot(*zip(*points, strict=True), marker="o", label=f"{name} {mode}")
-    left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s")
+    left.set_xscale("log", base=2)
+    left.set(yscale="log", xlabel="batch size", ylabel="images/s")
     left.set_title(f"in-process ceiling ({ceiling.get('device', '?')})")
     for device in ("service_gpu", "service_cpu"):
         rows = [
@@ -202,11 +204,21 @@ def write_plot(results: dict[str, Any], path: Path) -> bool:
 
 
 def write_outputs(results: dict[str, Any], out_dir: Path) -> None:
-    """results.json first (the record), then report.md and the plot when it can be drawn."""
-    plotted = write_plot(results, out_dir / "plot.png")
-    results["plot"] = "plot.png" if plotted else "not drawn: matplotlib is not installed"
+    """results.json first (the record), then the plot and report.md; a failure in either is
+    written into the report instead of losing the run."""
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    report = render_report(results)
+    try:
+        plotted = write_plot(results, out_dir / "plot.png")
+    except Exception as exc:  # the figures are in results.json either way
+        plotted, results["plot"] = False, f"not drawn: {type(exc).__name__}: {exc}"
+    else:
+        results["plot"] = "plot.png" if plotted else "not drawn: matplotlib is not installed"
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    try:
+        report = render_report(results)
+    except Exception:
+        report = "# gan-serve GPU check\n\nThe report could not be drawn; see results.json.\n\n"
+        report += "```\n" + traceback.format_exc() + "```\n"
     if plotted:
         report += "\n![ceiling and scaling](plot.png)\n"
     (out_dir / "report.md").write_text(report)
