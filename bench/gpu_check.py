@@ -26,7 +26,7 @@ import tarfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,7 @@ class Plan:
         if quick:
             return cls(
                 quick=True,
-                budget_s=120.0,  # a hard stop: about a minute is what it takes
+                budget_s=180.0,  # a hard stop; about a minute is what it takes when idle
                 models=("mnist-cdcgan",),
                 batch_sizes=(1, 8, 64),
                 front_ends=(1, 2),
@@ -822,8 +822,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="where report.md and results.json go")
     parser.add_argument("--quick", action="store_true", help="every grid shrunk: about a minute")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated models: mnist-cdcgan, dcgan64-rgb or <name>/<version> folders "
+        "(default: the shipped model and dcgan64-rgb; --quick: the shipped one)",
+    )
     args = parser.parse_args(argv)
     plan = Plan.for_host(args.quick, usable_cores())
+    if args.models:
+        plan = replace(plan, models=tuple(m for m in args.models.split(",") if m))
     if args.work is not None:
         results = run_check(args.out_dir, plan, args.work)
     else:
