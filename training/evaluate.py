@@ -42,7 +42,7 @@ from service.manifest import (
     LABEL_INPUT,
     LATENT_INPUT,
     Manifest,
-    latents_from_seeds,
+    model_latents,
     version_dirs,
 )
 from training.classifier import (
@@ -106,10 +106,9 @@ class GeneratorRunner:
         self, seeds: np.ndarray, labels: np.ndarray | None = None, batch: int = 500
     ) -> np.ndarray:
         """uint8 images [N, H, W, C] for the given seeds (and labels, if conditional)."""
-        nz = self.manifest.nz
         out = []
         for start in range(0, len(seeds), batch):
-            feeds = {LATENT_INPUT: latents_from_seeds(seeds[start : start + batch], nz)}
+            feeds = {LATENT_INPUT: model_latents(self.manifest, seeds[start : start + batch])}
             if self.manifest.conditional:
                 if labels is None:
                     raise ValueError("a conditional generator needs labels")
@@ -469,6 +468,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     version_dir = resolve_version_dir(args.model)
+    if load_manifest(version_dir).translates:
+        from training.translation_eval import evaluate_translator
+
+        result = evaluate_translator(version_dir, write=args.write, progress=not args.quiet)
+        print(json.dumps(result, indent=2))
+        return 0
     result = evaluate_generator(
         version_dir,
         samples=args.samples,

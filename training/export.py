@@ -35,8 +35,10 @@ from service.manifest import (
     ONNX_FILE,
     ArtifactSpec,
     Manifest,
+    TruncationSpec,
     expected_inputs,
     expected_outputs,
+    latents_from_seeds,
     next_version,
     sha256_file,
     utc_now,
@@ -164,14 +166,22 @@ def check_graph(path: Path) -> int:
 
 
 def parity_check(
-    reference: Generator, onnx_path: Path, cfg: ModelConfig, *, samples: int = PARITY_SAMPLES
+    reference: Generator,
+    onnx_path: Path,
+    cfg: ModelConfig,
+    *,
+    samples: int = PARITY_SAMPLES,
+    truncation: TruncationSpec | None = None,
 ) -> int:
     """Run ``samples`` random latents through PyTorch and ONNX Runtime; return the max
-    abs pixel difference, raising :class:`ExportParityError` above the tolerance."""
+    abs pixel difference, raising :class:`ExportParityError` above the tolerance. A model with
+    resample truncation is checked on the latents the service draws for seeds 0..samples-1."""
     import onnxruntime as ort
 
     gen = torch.Generator().manual_seed(1234)
     z = torch.randn(samples, cfg.nz, generator=gen)
+    if truncation is not None:
+        z = torch.from_numpy(latents_from_seeds(range(samples), cfg.nz, truncation.threshold))
     labels = (
         torch.randint(0, cfg.num_classes, (samples,), generator=gen) if cfg.num_classes else None
     )
@@ -230,7 +240,7 @@ def export_generator(
         onnx_path = tmp_dir / ONNX_FILE
         _export_onnx(ServingGenerator(folded), cfg, onnx_path)
         opset = check_graph(onnx_path)
-        max_diff = parity_check(generator, onnx_path, cfg)
+        max_diff = parity_check(generator, onnx_path, cfg, truncation=family_spec.truncation)
         manifest = Manifest(
             name=name,
             version=version,
@@ -252,6 +262,7 @@ def export_generator(
                 "export": {"parity_max_abs_diff": max_diff, "parity_samples": PARITY_SAMPLES},
             },
             evaluation=evaluation or {},
+            truncation=family_spec.truncation,
         )
         manifest.save(tmp_dir)
         os.chmod(tmp_dir, 0o755)

@@ -7,6 +7,8 @@ A family is a subclass of :class:`Family` registered in :data:`FAMILIES` under i
 It provides:
 
 - ``name``, ``paper`` (the paper it follows, written into the manifest) and ``description``;
+- ``truncation``: how the service truncates its seeds' latents (a manifest
+  :class:`~service.manifest.TruncationSpec`), None for the plain psi scaling;
 - ``model_config(train_cfg, channels, num_classes)``: its model config dataclass for a run. Every
   config has ``image_size``, ``channels``, ``nz``, ``num_classes`` and ``to_dict()``, and the
   generator keeps it as ``g.cfg`` (the grid, the EMA calibration and the exporter read it);
@@ -38,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from service.manifest import TruncationSpec
+
 if TYPE_CHECKING:
     from training.loop import TrainConfig
 
@@ -49,6 +53,7 @@ class Batch:
     real: torch.Tensor  # N x C x S x S in [-1, 1]
     labels: torch.Tensor | None  # N int64 class ids, None for an unconditional model
     z: torch.Tensor  # N x nz latents
+    step: int = 0  # steps completed before this one (ProGAN's growth schedule reads it)
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Family:
     name: str = ""
     paper: str = ""
     description: str = ""
+    truncation: TruncationSpec | None = None
 
     def model_config(self, train_cfg: TrainConfig, channels: int, num_classes: int) -> Any:
         raise NotImplementedError
@@ -89,7 +95,7 @@ class Family:
         betas = (train_cfg.beta1, train_cfg.beta2)
         return (
             torch.optim.Adam(g.parameters(), lr=train_cfg.lr, betas=betas),
-            torch.optim.Adam(d.parameters(), lr=train_cfg.lr, betas=betas),
+            torch.optim.Adam(d.parameters(), lr=train_cfg.lr_d or train_cfg.lr, betas=betas),
         )
 
     def d_loss(
@@ -107,13 +113,16 @@ class Family:
 
 
 def _registry() -> dict[str, Family]:
+    from training.families.biggan import BigGAN
     from training.families.dcgan import DCGAN
     from training.families.gan2014 import GAN2014
+    from training.families.progan import ProGAN
 
-    return {family.name: family for family in (DCGAN(), GAN2014())}
+    return {f.name: f for f in (DCGAN(), GAN2014(), ProGAN(), BigGAN())}
 
 
-FAMILIES: tuple[str, ...] = ("dcgan", "gan2014")  # the names ``gan-train train --family`` accepts
+# the names ``gan-train train --family`` accepts
+FAMILIES: tuple[str, ...] = ("dcgan", "gan2014", "progan", "biggan")
 
 
 def get_family(name: str) -> Family:
