@@ -24,6 +24,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 log = logging.getLogger("gan_serve.errors")
 
@@ -49,6 +50,9 @@ RULES: dict[str, Rule] = {
     "body_too_large": Rule(413, 413),
     "unsupported_media_type": Rule(415, 415),
     "header_too_large": Rule(431, 431),
+    "image_too_large": Rule(413, 413),  # pixel count from the header, before decoding
+    "broken_image": _INPUT,
+    "wrong_model_kind": _INPUT,  # a noise-to-image route for an image-to-image model, or back
     # What it names.
     "model_not_found": Rule(404, 404),
     "version_not_found": Rule(404, 404),
@@ -193,6 +197,15 @@ HTTP_CODES = {
 }
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI, count_refusal: Any = None) -> None:
     """Answer every exception through ``RULES``; ``count_refusal(request, error)`` counts it."""
 
@@ -210,7 +223,11 @@ def install_error_handlers(app: FastAPI, count_refusal: Any = None) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = HTTP_CODES.get(exc.status_code, "not_found")
         field = "body" if exc.status_code in (400, 413, 415) else None
-        return answer(request, ServiceError(code, str(exc.detail), field))
+        response = answer(request, ServiceError(code, str(exc.detail), field))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every route on the path, not only the first one's methods
+            response.headers["allow"] = ", ".join(_allowed_methods(request))
+        return response
 
     async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
         return answer(request, ServiceError("client_gone", "client disconnected"))

@@ -160,7 +160,7 @@ class ReloadRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(default=None, ge=1)
+    version: StrictInt | None = Field(default=None, ge=1)
 
 
 def check_generate(req: GenerateRequest) -> None:

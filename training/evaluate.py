@@ -338,8 +338,9 @@ def render_report(m: Manifest, r: dict[str, Any]) -> str:
     lines = [
         f"# Evaluation of {m.name} version {m.version}",
         "",
-        f"Data: {r['dataset']}. Generated samples come from seeds {r['sample_seeds']} "
-        "(balanced labels), run through the exported ONNX graph with ONNX Runtime.",
+        f"Data: {r['dataset']}. Generated samples come from seeds {r['sample_seeds']}"
+        f"{' (balanced labels)' if m.conditional else ''}, run through the exported ONNX "
+        "graph with ONNX Runtime.",
         "",
         "| figure | generated | real reference |",
         "| --- | --- | --- |",
@@ -467,6 +468,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     version_dir = resolve_version_dir(args.model)
+    if load_manifest(version_dir).translates:
+        from training.translation_eval import evaluate_translator
+
+        result = evaluate_translator(version_dir, write=args.write, progress=not args.quiet)
+        print(json.dumps(result, indent=2))
+        return 0
     result = evaluate_generator(
         version_dir,
         samples=args.samples,

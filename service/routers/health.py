@@ -32,6 +32,11 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", "models": models})
 
 
-@router.get("/metrics", summary="Prometheus metrics (text exposition format)")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 async def metrics(request: Request) -> Response:
     return Response(context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

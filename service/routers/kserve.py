@@ -412,8 +412,32 @@ def encode_response(
     )
 
 
-@router.post("/v2/models/{name}/infer")
-@router.post("/v2/models/{name}/versions/{version}/infer")
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "$inference_request: JSON, or JSON then binary tensor data (binary "
+        "tensor data extension, with Inference-Header-Content-Length)",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "inputs": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                        "parameters": {"type": "object"},
+                    },
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY)
+@router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY)
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     ctx = context(request)
     loaded = await _lookup(request, name, version)
