@@ -31,7 +31,7 @@ PAPER = (
     "Synthesis (ICLR 2019), arXiv:1809.11096"
 )
 # The truncation trick as served: seeds' latent values beyond the threshold are redrawn.
-TRUNCATION = TruncationSpec(kind="resample", threshold=1.0)
+TRUNCATION = TruncationSpec(kind="resample", threshold=2.0)
 
 
 @dataclass
