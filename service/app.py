@@ -27,7 +27,7 @@ from .settings import Settings
 log = logging.getLogger("gan_serve")
 
 ROUTERS_PACKAGE = f"{__package__}.routers"
-CORE_ROUTERS = ("health", "models", "generate", "admin", "docs")
+CORE_ROUTERS = ("health", "models", "generate", "translate", "admin", "docs")
 # Routers other parts of the project add; included when their module exists.
 OPTIONAL_ROUTERS = ("kserve", "playground")
 
