@@ -87,7 +87,8 @@ class Plan:
     connections: dict[str, tuple[int, ...]]  # per workload, GPU service
     cpu_connections: dict[str, tuple[int, ...]]  # per workload, CPU service
     min_seconds: float  # per in-process timing
-    point_seconds: float  # most seconds of load per grid point
+    point_seconds: float  # most seconds of load counted per grid point
+    warmup_seconds: float  # load before each point's count starts
     train_steps: int
     client_processes: int
     training_reserve_s: float  # kept from the service steps for the three training steps
@@ -106,6 +107,7 @@ class Plan:
                 cpu_connections={"single": (1, 16), "bulk": (4,)},
                 min_seconds=0.05,
                 point_seconds=0.5,
+                warmup_seconds=0.2,
                 train_steps=2,
                 client_processes=2,  # the multi-process client runs too
                 training_reserve_s=40.0,
@@ -124,6 +126,7 @@ class Plan:
             cpu_connections={"single": (1, 64, 256, 1024), "bulk": (1, 64)},
             min_seconds=0.2,
             point_seconds=1.0,
+            warmup_seconds=0.5,
             train_steps=30,
             client_processes=max(1, min(4, cores // 4)),
             training_reserve_s=100.0,
@@ -555,10 +558,17 @@ def measure_service(
     left = ctx.seconds_left() - ctx.plan.training_reserve_s
     share = left / 2 if device == "cuda" and not ctx.plan.quick else left
     start_cost = 8.0 if not ctx.plan.quick else 3.0
-    point_s = max(0.3, min(ctx.plan.point_seconds, (share - len(front_ends) * start_cost) / points))
+    warmup = ctx.plan.warmup_seconds
+    per_point = (share - len(front_ends) * start_cost) / points - warmup
+    point_s = max(0.3, min(ctx.plan.point_seconds, per_point))
     step_deadline = time.monotonic() + share
     rows: list[dict[str, Any]] = []
-    data: dict[str, Any] = {"settings": settings, "point_seconds": point_s, "rows": rows}
+    data: dict[str, Any] = {
+        "settings": settings,
+        "point_seconds": point_s,
+        "warmup_seconds": warmup,
+        "rows": rows,
+    }
     with LoadClient(ctx.plan.client_processes) as client:
         for count in front_ends:
             if time.monotonic() > step_deadline:
@@ -580,7 +590,9 @@ def measure_service(
                             if time.monotonic() > step_deadline:
                                 rows.append({**row, "concurrency": conns, "skipped": "time budget"})
                                 continue
-                            result = client.run(url, workload, conns, point_s, timeout_s=60.0)
+                            result = client.run(
+                                url, workload, conns, point_s, timeout_s=60.0, warmup_s=warmup
+                            )
                             rows.append({**row, **result})
     return data
 
