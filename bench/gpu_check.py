@@ -32,12 +32,24 @@ from typing import Any
 
 import numpy as np
 
-from bench.ceiling import model_feeds, time_calls
 from bench.closed_loop import LoadClient
 from bench.procs import LOOPBACK, ServerProcess, free_port, http_text
-from bench.systems import service_workloads
-from service.manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
-from service.settings import usable_cores
+
+# The service's model contract needs its dependencies (pydantic, ...), which a bare GPU host
+# lacks until --wheels brings them: without them the steps that need the contract say so, and
+# the environment and training steps still run.
+SERVICE_IMPORT_ERROR: str | None = None
+try:
+    from bench.ceiling import model_feeds, time_calls
+    from bench.systems import service_workloads
+    from service.manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
+    from service.settings import usable_cores
+except ImportError as exc:
+    SERVICE_IMPORT_ERROR = f"the service's modules do not import ({exc}): pass --wheels DIR"
+
+    def usable_cores() -> int:
+        return len(os.sched_getaffinity(0))
+
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -152,7 +164,8 @@ class Context:
     started: float
     steps: dict[str, StepResult] = field(default_factory=dict)
     models: dict[str, Path] = field(default_factory=dict)  # name -> version dir
-    cuda_device: str | None = None  # why there is none, when there is none: see environment
+    # Why there is no CUDA device (None: there is one); set first thing by the environment step.
+    cuda_device: str | None = "not known: the environment step did not run"
 
     @property
     def logs(self) -> Path:
@@ -241,11 +254,20 @@ def cuda_device_present() -> str | None:
 # --- steps --------------------------------------------------------------------------------------
 
 
-def step_environment(ctx: Context) -> dict[str, Any]:
-    """Versions, the CUDA libraries onnxruntime can load, and what the service needs to import."""
+def _importable(module: str) -> bool:
     import importlib.util
 
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def step_environment(ctx: Context) -> dict[str, Any]:
+    """Versions, the CUDA libraries onnxruntime can load, and what the service needs to import."""
     import onnxruntime as ort
+
+    ctx.cuda_device = cuda_device_present()
 
     data: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -256,9 +278,8 @@ def step_environment(ctx: Context) -> dict[str, Any]:
         "available_providers": ort.get_available_providers(),
         "ld_library_path": [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p],
     }
-    missing = [m for m in SERVICE_DEPENDENCIES if importlib.util.find_spec(m) is None]
+    missing = [m for m in SERVICE_DEPENDENCIES if not _importable(m)]
     data["service_imports_missing"] = missing
-    ctx.cuda_device = cuda_device_present()
     data["cuda_device"] = ctx.cuda_device or "present"
     if shutil.which("nvidia-smi"):
         done = subprocess.run(
@@ -296,6 +317,8 @@ def step_environment(ctx: Context) -> dict[str, Any]:
 def step_models(ctx: Context) -> dict[str, Any]:
     """The models under test, prepared in a child process: exporting one imports torch, whose
     CUDA libraries would otherwise be loaded here and hide a library path the service lacks."""
+    if SERVICE_IMPORT_ERROR:
+        raise RuntimeError(SERVICE_IMPORT_ERROR)
     script = (
         "import json, sys; from pathlib import Path; from bench.models import resolve_model; "
         "work = Path(sys.argv[1]); models = [resolve_model(s, work) for s in sys.argv[2:]]; "
