@@ -27,7 +27,7 @@ from .settings import Settings
 log = logging.getLogger("gan_serve")
 
 ROUTERS_PACKAGE = f"{__package__}.routers"
-CORE_ROUTERS = ("health", "models", "generate", "admin", "docs")
+CORE_ROUTERS = ("health", "models", "generate", "translate", "admin", "docs")
 # Routers other parts of the project add; included when their module exists.
 OPTIONAL_ROUTERS = ("kserve", "playground")
 
@@ -74,6 +74,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.get_running_loop().create_task(registry.load_all())
         app.state.loading = loading
+        if engine_path is not None:
+            # One front end of several: it takes no connection from the shared socket before
+            # its models are ready, so a starting (or restarted) front end never answers 503.
+            await loading
         try:
             yield
         finally:

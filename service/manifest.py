@@ -28,6 +28,14 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 LATENT_INPUT = "z"
 LABEL_INPUT = "label"
 IMAGE_OUTPUT = "image"
+# Inputs of an image-to-image generator: the source images and, per image, the direction.
+SOURCE_INPUT = "source"
+DIRECTION_INPUT = "direction"
+DIRECTIONS = ("A->B", "B->A")  # direction index 0 and 1
+
+ModelKind = Literal["noise-to-image", "image-to-image", "text-to-image"]
+NOISE_TO_IMAGE: ModelKind = "noise-to-image"
+IMAGE_TO_IMAGE: ModelKind = "image-to-image"
 
 MAX_SEED = 2**63 - 1
 
@@ -40,6 +48,16 @@ class TensorSpec(BaseModel):
     name: str
     dtype: Literal["float32", "int64", "uint8"]
     shape: list[int]
+    range: list[float] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="[low, high] of the values; absent (older manifests): the documented one",
+    )
+
+    def layout(self) -> tuple[str, str, list[int]]:
+        """Name, dtype and shape: what must match the contract exactly."""
+        return self.name, self.dtype, self.shape
 
 
 class LatentSpec(BaseModel):
@@ -77,6 +95,33 @@ class ArtifactSpec(BaseModel):
     opset: int | None = None
 
 
+class SideFile(BaseModel):
+    """A file the graph needs besides the ONNX (e.g. a vocabulary), checked like the ONNX."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    purpose: str = ""
+
+
+class TranslationSpec(BaseModel):
+    """An image-to-image model's two domains; direction 0 maps A to B, 1 maps B to A."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain_a: str
+    domain_b: str
+    directions: list[str] = Field(default_factory=lambda: list(DIRECTIONS))
+
+    @field_validator("directions")
+    @classmethod
+    def _fixed(cls, v: list[str]) -> list[str]:
+        if v != list(DIRECTIONS):
+            raise ValueError(f"directions must be {list(DIRECTIONS)}")
+        return v
+
+
 class Manifest(BaseModel):
     """Everything the service needs to serve a generator, and what a user wants to know of it."""
 
@@ -89,7 +134,10 @@ class Manifest(BaseModel):
     description: str = ""
     family: str = Field(default="", description="GAN family, e.g. dcgan or gan2014")
     paper: str = Field(default="", description="the paper the family follows")
-    nz: int = Field(ge=1, le=4096)
+    kind: ModelKind = Field(
+        default=NOISE_TO_IMAGE, description="what the graph maps; absent in older manifests"
+    )
+    nz: int = Field(ge=0, le=4096, description="latent size; 0 for an image-to-image model")
     image_size: int = Field(ge=4, le=4096)
     channels: Literal[1, 3]
     num_classes: int = Field(default=0, ge=0, description="0 for an unconditional generator")
@@ -100,13 +148,21 @@ class Manifest(BaseModel):
     truncation: TruncationSpec | None = Field(
         default=None, description="absent: seeds' latents untruncated, psi scales latents"
     )
+    translation: TranslationSpec | None = Field(
+        default=None, description="an image-to-image model's domains"
+    )
     artifact: ArtifactSpec
+    side_files: list[SideFile] = Field(default_factory=list)
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def conditional(self) -> bool:
-        return self.num_classes > 0
+        return self.num_classes > 0 and self.kind == NOISE_TO_IMAGE
+
+    @property
+    def translates(self) -> bool:
+        return self.kind == IMAGE_TO_IMAGE
 
     @field_validator("image_size")
     @classmethod
@@ -122,12 +178,18 @@ class Manifest(BaseModel):
                 f"class_names has {len(self.class_names)} entries but num_classes is "
                 f"{self.num_classes}"
             )
-        expected_in = expected_inputs(self.nz, self.num_classes)
-        if self.inputs != expected_in:
-            raise ValueError(f"inputs must be {[s.model_dump() for s in expected_in]}")
-        expected_out = expected_outputs(self.image_size, self.channels)
-        if self.outputs != expected_out:
-            raise ValueError(f"outputs must be {[s.model_dump() for s in expected_out]}")
+        if self.kind == IMAGE_TO_IMAGE:
+            if self.nz != 0 or self.translation is None:
+                raise ValueError("an image-to-image model has nz 0 and a translation object")
+            expected_in = expected_translation_inputs(self.image_size, self.channels)
+        elif self.kind == NOISE_TO_IMAGE:
+            if self.nz < 1 or self.translation is not None:
+                raise ValueError("a noise-to-image model has nz >= 1 and no translation object")
+            expected_in = expected_inputs(self.nz, self.num_classes)
+        else:
+            raise ValueError(f"kind {self.kind!r} is declared but not served yet")
+        _check_specs("inputs", self.inputs, expected_in)
+        _check_specs("outputs", self.outputs, expected_outputs(self.image_size, self.channels))
         return self
 
     # --- reading and writing -------------------------------------------------------------
@@ -146,15 +208,31 @@ class Manifest(BaseModel):
         return Path(directory) / self.artifact.file
 
     def verify_artifact(self, directory: str | Path) -> None:
-        """Raise :class:`ArtifactMismatch` unless the ONNX file's sha256 matches the manifest."""
-        path = self.onnx_path(directory)
-        if not path.is_file():
-            raise ArtifactMismatch(f"{path} is missing")
-        actual = sha256_file(path)
-        if actual != self.artifact.sha256:
-            raise ArtifactMismatch(
-                f"{path} has sha256 {actual}, but the manifest expects {self.artifact.sha256}"
-            )
+        """Raise :class:`ArtifactMismatch` unless the ONNX file and every side file match the
+        manifest's sha256."""
+        _verify_file(self.onnx_path(directory), self.artifact.sha256)
+        for side in self.side_files:
+            _verify_file(Path(directory) / side.file, side.sha256)
+
+
+def _verify_file(path: Path, expected: str) -> None:
+    if not path.is_file():
+        raise ArtifactMismatch(f"{path} is missing")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ArtifactMismatch(f"{path} has sha256 {actual}, but the manifest expects {expected}")
+
+
+def _check_specs(what: str, given: list[TensorSpec], expected: list[TensorSpec]) -> None:
+    """Names, dtypes and shapes must be the contract's; a missing range gets the contract's,
+    a declared one must equal it."""
+    if [s.layout() for s in given] != [s.layout() for s in expected]:
+        raise ValueError(f"{what} must be {[s.model_dump() for s in expected]}")
+    for spec, want in zip(given, expected, strict=True):
+        if spec.range is None:
+            spec.range = want.range
+        elif spec.range != want.range:
+            raise ValueError(f"{what} {spec.name!r} must have range {want.range}")
 
 
 class ArtifactMismatch(ValueError):
@@ -162,15 +240,36 @@ class ArtifactMismatch(ValueError):
 
 
 def expected_inputs(nz: int, num_classes: int) -> list[TensorSpec]:
-    specs = [TensorSpec(name=LATENT_INPUT, dtype="float32", shape=[-1, nz])]
+    """A noise-to-image graph's inputs; latents are unbounded standard normal draws."""
+    specs = [TensorSpec(name=LATENT_INPUT, dtype="float32", shape=[-1, nz], range=None)]
     if num_classes > 0:
-        specs.append(TensorSpec(name=LABEL_INPUT, dtype="int64", shape=[-1]))
+        specs.append(
+            TensorSpec(name=LABEL_INPUT, dtype="int64", shape=[-1], range=[0, num_classes - 1])
+        )
     return specs
+
+
+def expected_translation_inputs(image_size: int, channels: int) -> list[TensorSpec]:
+    """An image-to-image graph's inputs: uint8 NHWC source images and a direction per image."""
+    return [
+        TensorSpec(
+            name=SOURCE_INPUT,
+            dtype="uint8",
+            shape=[-1, image_size, image_size, channels],
+            range=[0, 255],
+        ),
+        TensorSpec(name=DIRECTION_INPUT, dtype="int64", shape=[-1], range=[0, len(DIRECTIONS) - 1]),
+    ]
 
 
 def expected_outputs(image_size: int, channels: int) -> list[TensorSpec]:
     return [
-        TensorSpec(name=IMAGE_OUTPUT, dtype="uint8", shape=[-1, image_size, image_size, channels])
+        TensorSpec(
+            name=IMAGE_OUTPUT,
+            dtype="uint8",
+            shape=[-1, image_size, image_size, channels],
+            range=[0, 255],
+        )
     ]
 
 

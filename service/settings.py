@@ -29,8 +29,14 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=256,
-        description="HTTP front-end processes sharing the port, fed by one inference engine "
+        description="HTTP front-end processes sharing the port, beside one inference engine "
         "process; 0 = one per core; 1 = a single process with its own batcher",
+    )
+    inference: Literal["auto", "engine", "local"] = Field(
+        default="auto",
+        description="with several front ends, where batches run: engine = one batch queue in "
+        "the engine process fed by every front end; local = each front end's own batcher (no "
+        "IPC per request); auto = engine on CUDA, local on the CPU (docs/BENCHMARKS.md)",
     )
     threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
 
@@ -67,6 +73,9 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(default=256, ge=1, description="largest n")
     max_interpolation_steps: int = Field(default=64, ge=2, description="largest steps")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="request body limit")
+    max_input_pixels: int = Field(
+        default=1 << 22, ge=1, description="largest image (width x height) a translate accepts"
+    )
     request_timeout_s: float = Field(default=30.0, gt=0, description="default queue deadline")
     png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level for PNG")
     encode_threads: int = Field(default=2, ge=1, description="threads encoding large bodies")

@@ -467,6 +467,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     version_dir = resolve_version_dir(args.model)
+    if load_manifest(version_dir).translates:
+        from training.translation_eval import evaluate_translator
+
+        result = evaluate_translator(version_dir, write=args.write, progress=not args.quiet)
+        print(json.dumps(result, indent=2))
+        return 0
     result = evaluate_generator(
         version_dir,
         samples=args.samples,
