@@ -568,6 +568,9 @@ def measure_service(
     manifests = {name: Manifest.load(d) for name, d in ctx.models.items()}
     settings = {
         "GAN_SERVE_DEVICE": device,
+        # The service's default, said here so the report shows it: one engine batch queue on
+        # CUDA fed by every front end, each front end's own batcher on the CPU.
+        "GAN_SERVE_INFERENCE": "auto",
         "GAN_SERVE_LOG_LEVEL": "warning",
         # Room for every connection's request in the queue: 1024 x 64 images.
         "GAN_SERVE_QUEUE_LIMIT": "131072",
