@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -631,12 +632,15 @@ def _started_service(store: Path, env: dict[str, str], log: Path) -> Iterator[st
     url = f"http://{LOOPBACK}:{port}"
     command = [sys.executable, "-m", "service", "--host", LOOPBACK, "--port", str(port)]
     command += ["--model-store", str(store)]
+    server = ServerProcess(command, url + "/readyz", log, None, env, start_timeout=120)
     try:
-        server = ServerProcess(command, url + "/readyz", log, None, env, start_timeout=120)
         server.__enter__()
     except (RuntimeError, TimeoutError) as exc:
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
         raise RuntimeError(f"{exc}: {tail}") from exc
+    except BaseException:  # stopped while it starts: it must not outlive the check
+        server.stop()
+        raise
     try:
         yield url
     finally:
@@ -829,29 +833,38 @@ def run_step(ctx: Context, name: str, function: Callable[[Context], dict[str, An
             )
     result.seconds = round(time.monotonic() - started, 2)
     ctx.steps[name] = result
-    print(f"gpu_check: {name}: {result.status} in {result.seconds:.1f} s {result.reason}"[:400])
+    line = f"gpu_check: {name}: {result.status} in {result.seconds:.1f} s {result.reason}"
+    print(line[:400], flush=True)
     return result
 
 
 def run_check(out_dir: Path, plan: Plan, work: Path) -> dict[str, Any]:
-    """Every step in order, then results.json, report.md, the plot and the logs archive."""
+    """Every step in order, then results.json, report.md, the plot and the logs archive; a run
+    stopped part-way (SIGTERM, Ctrl-C) still writes them for the steps that finished."""
     from bench.gpu_report import write_outputs
 
     out_dir.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     ctx = Context(plan=plan, out_dir=out_dir, work=work, started=time.monotonic())
-    for name, function in STEPS:
-        run_step(ctx, name, function)
-    results = {
-        "when_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "quick": plan.quick,
-        "plan": asdict(plan),
-        "total_seconds": round(time.monotonic() - ctx.started, 2),
-        "steps": {name: asdict(step) for name, step in ctx.steps.items()},
-    }
-    write_outputs(results, out_dir)
-    with tarfile.open(out_dir / "logs.tar.gz", "w:gz") as archive:
-        archive.add(ctx.logs, arcname="logs")
+    interrupted = None
+    try:
+        for name, function in STEPS:
+            run_step(ctx, name, function)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        interrupted = f"stopped by {type(stop).__name__} during the step after the last listed"
+        raise
+    finally:
+        results = {
+            "when_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "quick": plan.quick,
+            "plan": asdict(plan),
+            "total_seconds": round(time.monotonic() - ctx.started, 2),
+            "interrupted": interrupted,
+            "steps": {name: asdict(step) for name, step in ctx.steps.items()},
+        }
+        write_outputs(results, out_dir)
+        with tarfile.open(out_dir / "logs.tar.gz", "w:gz") as archive:
+            archive.add(ctx.logs, arcname="logs")
     return results
 
 
@@ -867,6 +880,9 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the shipped model and dcgan64-rgb; --quick: the shipped one)",
     )
     args = parser.parse_args(argv)
+    # A stop signal unwinds like an error, so every started service is stopped by PID: they run
+    # in their own process sessions, which outlive a killed parent.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plan = Plan.for_host(args.quick, usable_cores())
     if args.models:
         plan = replace(plan, models=tuple(m for m in args.models.split(",") if m))

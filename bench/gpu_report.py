@@ -118,6 +118,11 @@ def render_report(results: dict[str, Any]) -> str:
         f"({', '.join(env.get('available_providers', []))}), torch {env.get('torch', '?')}, "
         f"GPU: {', '.join(env.get('gpus', [])) or env.get('cuda_device', '?')}.",
         "",
+        *(
+            [f"**Interrupted**: {results['interrupted']}.", ""]
+            if results.get("interrupted")
+            else []
+        ),
         *_step_table(steps),
         "",
         "## Targets",
