@@ -56,11 +56,12 @@ def test_the_store_ships_the_demo_model_and_one_per_family() -> None:
 def test_shipped_model_is_intact_and_documented(name: str) -> None:
     version_dir, m = _newest(name)
     m.verify_artifact(version_dir)  # sha256 of generator.onnx
-    assert m.name == name and (m.image_size, m.channels, m.nz) == (32, 1, 100)
+    assert m.name == name and (m.image_size, m.channels) == (32, 1)
+    assert m.nz == m.training["model_config"]["nz"]
     if m.conditional:
         assert m.class_names == [str(d) for d in range(10)]
     assert m.family in FAMILIES and m.paper
-    assert m.training["command"].startswith("gan-train")
+    assert m.training["command"].removeprefix("nice -n 10 ").startswith("gan-train")
     assert (m.training.get("wall_time_s") or m.training["elapsed_s"]) > 0
     assert m.training["export"]["parity_max_abs_diff"] <= 1
     assert (version_dir / "report.md").is_file() and (version_dir / "samples.png").is_file()
