@@ -82,9 +82,11 @@ def run_wrk(
     cpus: str | None = None,
     timeout_s: float = 10.0,
     seed_base: int = 0,
+    wrk_threads: int = 1,
 ) -> dict[str, Any]:
     """A closed loop: ``connections`` connections, each sending its next request as soon as the
-    previous answer arrives, for ``seconds`` seconds (one wrk thread: the client has one core)."""
+    previous answer arrives, for ``seconds`` seconds, from ``wrk_threads`` wrk threads (one per
+    core the load generator has)."""
     _check_loopback(base_url)
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -92,7 +94,7 @@ def run_wrk(
     command = pinned(
         [
             wrk,
-            "-t1",
+            f"-t{max(1, min(wrk_threads, connections))}",
             f"-c{connections}",
             f"-d{max(1, round(seconds))}s",
             f"--timeout={max(1, round(timeout_s))}s",

@@ -39,10 +39,19 @@ QUICK_RUN_NOTE = (
 )
 
 
-def analyse(model: dict[str, Any], judged: bool = True) -> dict[str, Any]:
+# The pinned layout's ratios committed before the service ran several processes: floors.
+PINNED_FLOORS = {
+    "mnist-cdcgan": {"single": 0.52, "bulk": 0.83},
+    "dcgan64-rgb": {"single": 0.86, "bulk": 0.99},
+}
+# Whole machine: service req/s over TorchServe's best configuration, per concurrency.
+WHOLE_MACHINE_GOALS = {8: 1.5, 64: 1.2, 256: 1.2}
+
+
+def analyse(model: dict[str, Any], layout: str = "pinned", judged: bool = True) -> dict[str, Any]:
     """Ratios (service over each other system, best closed-loop images/s of each, same run)
-    and the targets, each with its measured value and whether it was met; with ``judged``
-    False (a quick run, too short to measure them) ``met`` stays None."""
+    and the targets of the layout, each with its measured value and whether it was met; with
+    ``judged`` False (a quick run, too short to measure them) ``met`` stays None."""
     runs, ceiling = model["runs"], model["ceiling"]
     service_single = _best(runs, "service", "single")
     service_bulk = _best(runs, "service", "bulk")
@@ -64,6 +73,15 @@ def analyse(model: dict[str, Any], judged: bool = True) -> dict[str, Any]:
         target(name, value, f">= {goal}", None if value is None else value >= goal)
 
     at_least("bulk: service/ceiling", ratios["service/ceiling bulk"], 0.9)
+    if layout == "whole":
+        _whole_machine_targets(runs, target, at_least)
+        return {"ratios": ratios, "targets": targets}
+    floors = PINNED_FLOORS.get(model.get("model", ""))
+    if floors:
+        at_least(
+            "single: service/ceiling, committed", ratios["service/ceiling single"], floors["single"]
+        )
+        at_least("bulk: service/ceiling, committed", ratios["service/ceiling bulk"], floors["bulk"])
     at_least("single: service/ceiling", ratios["service/ceiling single"], 0.8)
     at_least("single: service/naive", ratios["service/naive single"], 2.0)
     ts_rows = {r["concurrency"]: r for r in _closed(runs, "torchserve", "single")}
@@ -94,6 +112,29 @@ def analyse(model: dict[str, Any], judged: bool = True) -> dict[str, Any]:
     return {"ratios": ratios, "targets": targets}
 
 
+def _whole_machine_targets(runs: list[dict[str, Any]], target, at_least) -> None:
+    """Single images against TorchServe's best configuration, concurrency by concurrency:
+    req/s at least the goal's multiple, with a p99 no higher."""
+    ts_rows = {r["concurrency"]: r for r in _closed(runs, "torchserve", "single")}
+    for row in _closed(runs, "service", "single"):
+        goal = WHOLE_MACHINE_GOALS.get(row["concurrency"])
+        other = ts_rows.get(row["concurrency"])
+        if goal is None or other is None:
+            continue
+        at_least(
+            f"single c={row['concurrency']}: req/s vs TorchServe-best",
+            _ratio(row["req_per_s"], other["req_per_s"]),
+            goal,
+        )
+        if row["p99_ms"] is not None and other["p99_ms"] is not None:
+            target(
+                f"single c={row['concurrency']}: p99 minus TorchServe-best p99 (ms)",
+                row["p99_ms"] - other["p99_ms"],
+                "<= 0",
+                row["p99_ms"] <= other["p99_ms"],
+            )
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -104,45 +145,87 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+LAYOUT_TITLES = {
+    "whole": "Whole machine: nothing pinned, every system free to use every core, the load"
+    " generator on the same host",
+    "pinned": "Pinned layout: servers on their cores, load generators on the others",
+}
+
+
 def markdown(result: dict[str, Any]) -> str:
-    """The report: ratios first, then targets, then every table."""
+    """The report: for each layout (whole machine first), ratios, targets, then every table."""
     meta = result["meta"]
     out = [
         "# Bench results",
         "",
         f"- Command: `{meta['command']}`",
-        f"- Machine: {meta['cpu_model']}, {meta['cores']} cores; servers on CPU"
-        f" {meta['server_cpus']}, load generators on CPU {meta['client_cpus']};"
-        f" onnxruntime {meta['onnxruntime']} ({meta['onnxruntime_threads']} intra-op thread),"
-        f" Python {meta['python']}; GPU: {meta['gpu']}",
+        f"- Machine: {meta['cpu_model']}, {meta['cores']} cores; onnxruntime"
+        f" {meta['onnxruntime']}, Python {meta['python']}; GPU: {meta['gpu']}",
         f"- Started {meta['started']}, took {meta['seconds']:.0f} s; load average at start"
         f" {' '.join(f'{x:.2f}' for x in meta['loadavg_start'])}, at end"
         f" {' '.join(f'{x:.2f}' for x in meta['loadavg_end'])}",
+    ]
+    layouts = result.get("layouts") or {"pinned": {**meta, "models": result["models"]}}
+    for layout, entry in layouts.items():
+        out += [
+            "",
+            f"# {LAYOUT_TITLES.get(layout, layout)}",
+            "",
+            f"Servers on CPU {entry.get('server_cpus')}, load generators on CPU"
+            f" {entry.get('client_cpus')}; onnxruntime threads:"
+            f" {entry.get('onnxruntime_threads')}.",
+        ]
+        out += _layout(entry, meta.get("quick", False))
+    return "\n".join(out) + "\n"
+
+
+def _layout(entry: dict[str, Any], quick: bool) -> list[str]:
+    models = entry["models"]
+    first = next(iter(models.values()))["analysis"]["ratios"]
+    out = [
         "",
         "## Ratios (same run, best closed-loop images/s of each system)",
         "",
-        "| model | "
-        + " | ".join(next(iter(result["models"].values()))["analysis"]["ratios"])
-        + " |",
-        "|---|" + "---|" * len(next(iter(result["models"].values()))["analysis"]["ratios"]),
+        "| model | " + " | ".join(first) + " |",
+        "|---|" + "---|" * len(first),
     ]
-    for name, model in result["models"].items():
+    for name, model in models.items():
         values = model["analysis"]["ratios"].values()
         out.append(f"| {name} | " + " | ".join(_fmt(v, 2) for v in values) + " |")
-    quick = meta.get("quick", False)
     out += ["", "## Targets", ""]
     out += [QUICK_RUN_NOTE, ""] if quick else []
     out += [
         "| model | target | measured | goal | met |",
         "|---|---|---|---|---|",
     ]
-    for name, model in result["models"].items():
+    for name, model in models.items():
         for t in model["analysis"]["targets"]:
             out.append(
                 f"| {name} | {t['target']} | {_fmt(t['value'], 2)} | {t['goal']}"
                 f" | {'not judged' if quick else _fmt(t['met'])} |"
             )
-    for name, model in result["models"].items():
+    for name, rows in (entry.get("scaling") or {}).items():
+        base = rows[0]["req_per_s"] if rows else None
+        out += [
+            "",
+            f"## Scaling: {name} single images, {rows[0]['concurrency'] if rows else '-'}"
+            " connections, against the number of front ends",
+            "",
+            "| front ends | inference | req/s | p50 ms | p99 ms | errors | vs 1 front end"
+            " | CPU ms per request: single process or parent | front ends | engine |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            cpu = r.get("cpu_ms_per_request") or {}
+            out.append(
+                f"| {r['front_ends']} | {r.get('inference', '-')} | {_fmt(r['req_per_s'])}"
+                f" | {_fmt(r['p50_ms'], 2)}"
+                f" | {_fmt(r['p99_ms'], 2)} | {r['errors']}"
+                f" | {_fmt(_ratio(r['req_per_s'], base), 2)} | {_fmt(cpu.get('service'), 3)}"
+                f" | {_fmt(cpu.get('gan-serve-http'), 3)}"
+                f" | {_fmt(cpu.get('gan-serve-infer'), 3)} |"
+            )
+    for name, model in models.items():
         c = model["ceiling"]
         size = "x".join(map(str, model["image"]))
         out += [
@@ -207,19 +290,22 @@ def markdown(result: dict[str, Any]) -> str:
                 "",
                 "TorchServe configurations tried (single images, closed loop):",
                 "",
-                "| workers | batch_size | max_batch_delay ms | images/s | p99 ms | errors |",
-                "|---:|---:|---:|---:|---:|---:|",
+                "| workers | threads | batch_size | max_batch_delay ms | images/s | p99 ms"
+                " | errors |",
+                "|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for g in grid:
                 out.append(
-                    f"| {g['workers']} | {g['batch_size']} | {g['max_batch_delay_ms']} |"
-                    f" {_fmt(g['images_per_s'])} | {_fmt(g['p99_ms'], 2)} | {g['errors']} |"
+                    f"| {g['workers']} | {g.get('threads', '-')} | {g['batch_size']}"
+                    f" | {g['max_batch_delay_ms']} | {_fmt(g['images_per_s'])}"
+                    f" | {_fmt(g['p99_ms'], 2)} | {g['errors']} |"
                 )
-    return "\n".join(out) + "\n"
+    return out
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """p99 latency against images/s: one column per model, single images above, bulk below."""
+    """p99 latency against images/s: one column per model, single images above, bulk below
+    (``result["models"]``: one layout's models)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -300,5 +386,10 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     }
     paths["json"].write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     paths["md"].write_text(markdown(result), encoding="utf-8")
-    plot(result, paths["png"])
+    layouts = result.get("layouts") or {"pinned": result}
+    for index, (layout, entry) in enumerate(layouts.items()):
+        # The first layout (whole machine in a full run) keeps the plain name.
+        target = paths["png"] if index == 0 else out_dir / f"p99_vs_throughput_{layout}.png"
+        plot(entry, target)
+        paths[f"png_{layout}"] = target
     return paths

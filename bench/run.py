@@ -36,16 +36,27 @@ class Plan:
     ceiling_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     ceiling_min_seconds: float = 0.3
     timeout_s: float = 30.0
-    # TorchServe configurations tried: (workers, batch_size, max_batch_delay_ms); the first
-    # matches the service's own batching, the best of all is then run at every concurrency.
-    torchserve_grid: tuple[tuple[int, int, int], ...] = (
-        (1, 64, 5),
-        (1, 1, 0),
-        (1, 8, 2),
-        (2, 16, 5),
+    # TorchServe configurations tried: (workers, threads per worker, batch_size,
+    # max_batch_delay_ms), one grid per layout; the best of each grid is then run at every
+    # concurrency. Pinned: one core for the server; whole machine: every core.
+    torchserve_grid: tuple[tuple[int, int, int, int], ...] = (
+        (1, 1, 64, 5),
+        (1, 1, 1, 0),
+        (1, 1, 8, 2),
+        (2, 1, 16, 5),
+    )
+    torchserve_grid_whole: tuple[tuple[int, int, int, int], ...] = (
+        (2, 1, 32, 5),
+        (2, 1, 8, 2),
+        (1, 2, 64, 5),
+        (4, 1, 16, 5),
     )
     torchserve_grid_concurrency: int = 64
     torchserve_grid_seconds: float = 2.0
+    # Whole machine: the service's single-image req/s against its number of front ends and
+    # where batches run (inference: engine = one shared queue, local = per front end).
+    scaling: tuple[tuple[int, str], ...] = ((1, "auto"), (2, "engine"), (2, "local"))
+    scaling_concurrency: int = 64
 
 
 QUICK_PLAN = Plan(
@@ -57,21 +68,27 @@ QUICK_PLAN = Plan(
     ceiling_batch_sizes=(1, 8, 64),
     ceiling_min_seconds=0.05,
     timeout_s=10.0,
-    torchserve_grid=((1, 64, 5),),
+    torchserve_grid=((1, 1, 64, 5),),
+    torchserve_grid_whole=((2, 1, 32, 5),),
     torchserve_grid_concurrency=8,
     torchserve_grid_seconds=1.0,
+    scaling_concurrency=8,
 )
 
 
 @dataclass
 class Context:
-    """Where things run and where their output goes."""
+    """Where things run and where their output goes. Layout ``whole``: nothing pinned, servers
+    and load generator share every core (``server_cpus``/``client_cpus`` None); ``pinned``:
+    servers on their cores, load generators on the others."""
 
     work: Path
-    server_cpus: str
-    client_cpus: str
+    server_cpus: str | None
+    client_cpus: str | None
     threads: int
     systems: tuple[str, ...] = SYSTEMS
+    layout: str = "pinned"
+    wrk_threads: int = 1
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
     @property
@@ -144,7 +161,15 @@ def measure_system(
     for workload, mode, level in plan_runs:
         if workload.name not in warmed:
             check_answer(system, workload)
-            run_wrk(system.url, workload, 8, plan.warmup_seconds, ctx.client_cpus, plan.timeout_s)
+            run_wrk(
+                system.url,
+                workload,
+                8,
+                plan.warmup_seconds,
+                ctx.client_cpus,
+                plan.timeout_s,
+                wrk_threads=ctx.wrk_threads,
+            )
             warmed.add(workload.name)
         settle(system, workload, plan.timeout_s)
         seed_base += 10_000_000
@@ -158,6 +183,7 @@ def measure_system(
                 ctx.client_cpus,
                 plan.timeout_s,
                 seed_base,
+                wrk_threads=ctx.wrk_threads,
             )
         else:
             row = run_open_loop(
@@ -236,7 +262,71 @@ def bench_model(model: BenchModel, plan: Plan, ctx: Context) -> dict[str, Any]:
     return result
 
 
-def machine_facts(ctx: Context) -> dict[str, Any]:
+def measure_scaling(model: BenchModel, plan: Plan, ctx: Context) -> list[dict[str, Any]]:
+    """Single-image req/s of the service with 1, 2, ... front ends, same load, same cores, and
+    the CPU time each kind of process spent per request."""
+    rows: list[dict[str, Any]] = []
+    for front_ends, inference in plan.scaling:
+        settings = {"GAN_SERVE_WORKERS": str(front_ends), "GAN_SERVE_INFERENCE": inference}
+        ctx.log(f"[{model.name}] scaling: {front_ends} front end(s), inference {inference}")
+        with start_service(model, ctx.server_cpus, ctx.threads, ctx.logs, settings) as system:
+            single = system.workloads["single"]
+            check_answer(system, single)
+            run_wrk(
+                system.url,
+                single,
+                8,
+                plan.warmup_seconds,
+                ctx.client_cpus,
+                plan.timeout_s,
+                wrk_threads=ctx.wrk_threads,
+            )
+            before = process_cpu_seconds(system.pid)
+            row = run_wrk(
+                system.url,
+                single,
+                plan.scaling_concurrency,
+                plan.seconds,
+                ctx.client_cpus,
+                plan.timeout_s,
+                wrk_threads=ctx.wrk_threads,
+            )
+            after = process_cpu_seconds(system.pid)
+        answered = max(1, row["ok"])
+        row["cpu_ms_per_request"] = {
+            role: round((after[role] - before.get(role, 0.0)) / answered * 1e3, 3) for role in after
+        }
+        rows.append({"front_ends": front_ends, "inference": inference, **row})
+        ctx.log(_line(f"service x{front_ends} {inference}", "single", row))
+    return rows
+
+
+def process_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of a service process and its children, summed by role:
+    ``service`` (a single process, or the supervising parent), ``gan-serve-http`` (front ends),
+    ``gan-serve-infer`` (the inference engine); children name themselves (PR_SET_NAME)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+
+    def add(p: int, role: str | None) -> None:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            comm = Path(f"/proc/{p}/comm").read_text().strip()
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            return
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        key = role or (comm if comm.startswith("gan-serve-") else "service")
+        totals[key] = totals.get(key, 0.0) + seconds
+        for child in children:
+            add(int(child), None)
+
+    add(pid, "service")
+    return totals
+
+
+def machine_facts() -> dict[str, Any]:
     """What the figures came from: CPU model, cores, pinning, software versions, load."""
     cpu_model = "unknown"
     try:
@@ -251,9 +341,6 @@ def machine_facts(ctx: Context) -> dict[str, Any]:
     return {
         "cpu_model": cpu_model,
         "cores": os.cpu_count(),
-        "server_cpus": ctx.server_cpus,
-        "client_cpus": ctx.client_cpus,
-        "onnxruntime_threads": ctx.threads,
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "platform": platform.platform(),

@@ -26,6 +26,7 @@ class RunningSystem:
     workloads: dict[str, Workload]
     config: dict[str, Any] = field(default_factory=dict)
     metrics_url: str | None = None
+    pid: int = 0
 
     def histogram_totals(self) -> dict[str, tuple[float, float]] | None:
         """(sum, count) of the service's own histograms, summed over labels (generate routes
@@ -118,7 +119,8 @@ def torchserve_workloads(model: BenchModel) -> dict[str, Workload]:
 def start_service(
     model: BenchModel, cpus: str, threads: int, logs: Path, settings: dict[str, str] | None = None
 ) -> Iterator[RunningSystem]:
-    """``python -m service`` on the model's own store, configured through its environment."""
+    """``python -m service`` on the model's own store, configured through its environment;
+    with its defaults it runs one front end per core it may use (one when pinned to one)."""
     port = free_port()
     env = {
         "GAN_SERVE_HOST": LOOPBACK,
@@ -133,9 +135,15 @@ def start_service(
     command = python_command(
         "-m", "service", "--port", str(port), "--model-store", str(model.store)
     )
-    with ServerProcess(command, url + "/readyz", logs / f"service-{model.name}.log", cpus, env):
+    log = logs / f"service-{model.name}.log"
+    with ServerProcess(command, url + "/readyz", log, cpus, env) as server:
         yield RunningSystem(
-            "service", url, service_workloads(model), service_config(env), url + "/metrics"
+            "service",
+            url,
+            service_workloads(model),
+            service_config(env),
+            url + "/metrics",
+            server.pid,
         )
 
 
@@ -143,11 +151,20 @@ def service_config(env: dict[str, str]) -> dict[str, Any]:
     """The batching settings the service runs with (its defaults unless the bench set them)."""
     from service.settings import Settings
 
-    keys = ("max_batch_size", "max_batch_delay_ms", "inference_workers", "queue_limit", "threads")
+    keys = (
+        "workers",
+        "max_batch_size",
+        "max_batch_delay_ms",
+        "inference_workers",
+        "queue_limit",
+        "threads",
+    )
     settings = Settings(
         **{k: env[f"GAN_SERVE_{k.upper()}"] for k in keys if f"GAN_SERVE_{k.upper()}" in env}
     )
-    return {k: getattr(settings, k) for k in keys}
+    config = {k: getattr(settings, k) for k in keys}
+    config["front_ends"] = settings.workers or "one per core"
+    return config
 
 
 @contextlib.contextmanager

@@ -15,10 +15,15 @@ from bench.systems import RunningSystem, torchserve_workloads
 
 
 @contextlib.contextmanager
-def pinned_children(cpus: str) -> Iterator[None]:
-    """Processes started inside inherit ``cpus`` (TorchServe's JVM and its Python workers)."""
+def pinned_children(cpus: str | None) -> Iterator[None]:
+    """Processes started inside inherit ``cpus`` (TorchServe's JVM and its Python workers);
+    None: every core of the machine."""
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    if cpus is None:
+        every = set(range(os.cpu_count() or 1))
+        os.sched_setaffinity(0, every)
+    else:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
     try:
         yield
     finally:
@@ -42,6 +47,7 @@ def start_torchserve(
     model: BenchModel,
     mar: Path,
     workers: int,
+    threads: int,
     batch_size: int,
     delay_ms: int,
     ctx: Any,
@@ -57,7 +63,12 @@ def start_torchserve(
         def config_text(self, model_store: Path) -> str:
             return super().config_text(model_store) + f"job_queue_size={queue_size}\n"
 
-    config = {"workers": workers, "batch_size": batch_size, "max_batch_delay_ms": delay_ms}
+    config = {
+        "workers": workers,
+        "threads": threads,
+        "batch_size": batch_size,
+        "max_batch_delay_ms": delay_ms,
+    }
     # The runner's own short temp workdir: TorchServe puts its workers' Unix sockets there,
     # and their paths must stay under 108 bytes.
     server = BenchTorchServe(
@@ -65,14 +76,14 @@ def start_torchserve(
         batch_size=batch_size,
         max_batch_delay_ms=delay_ms,
         workers=workers,
-        handler_threads=ctx.threads,
+        handler_threads=threads,
         startup_timeout_s=90.0,
     )
     with pinned_children(ctx.server_cpus):
         server.start()
     try:
         system = RunningSystem("torchserve", server.inference_url, torchserve_workloads(model))
-        system.config = {**config, "job_queue_size": queue_size, "threads": ctx.threads}
+        system.config = {**config, "job_queue_size": queue_size}
         yield system
     finally:
         server.stop()
@@ -85,18 +96,27 @@ def bench_torchserve(
     from bench.run import check_answer, measure_system
 
     mar = build_archive(model, ctx.work)
-    grid_configs = list(plan.torchserve_grid)
-    if service_cfg:  # the service's own batching comes first, whatever the plan says
-        same = (1, int(service_cfg["max_batch_size"]), round(service_cfg["max_batch_delay_ms"]))
-        grid_configs = [same] + [c for c in grid_configs[1:] if c != same]
+    whole = ctx.layout == "whole"
+    grid_configs = list(plan.torchserve_grid_whole if whole else plan.torchserve_grid)
     queue = int(service_cfg.get("queue_limit", 1024))
     grid: list[dict[str, Any]] = []
-    for workers, batch, delay in grid_configs if len(grid_configs) > 1 else ():
-        ctx.log(f"[{model.name}] torchserve workers={workers} batch={batch} delay={delay}ms")
-        with start_torchserve(model, mar, workers, batch, delay, ctx, queue) as system:
+    for workers, threads, batch, delay in grid_configs if len(grid_configs) > 1 else ():
+        ctx.log(
+            f"[{model.name}] torchserve workers={workers} threads={threads} batch={batch}"
+            f" delay={delay}ms"
+        )
+        with start_torchserve(model, mar, workers, threads, batch, delay, ctx, queue) as system:
             single = system.workloads["single"]
             check_answer(system, single)
-            run_wrk(system.url, single, 8, plan.warmup_seconds, ctx.client_cpus, plan.timeout_s)
+            run_wrk(
+                system.url,
+                single,
+                8,
+                plan.warmup_seconds,
+                ctx.client_cpus,
+                plan.timeout_s,
+                wrk_threads=ctx.wrk_threads,
+            )
             row = run_wrk(
                 system.url,
                 single,
@@ -104,15 +124,21 @@ def bench_torchserve(
                 plan.torchserve_grid_seconds,
                 ctx.client_cpus,
                 plan.timeout_s,
+                wrk_threads=ctx.wrk_threads,
             )
         grid.append({**system.config, **row})
     if grid:
         usable = [g for g in grid if g["errors"] == 0] or grid
         best = max(usable, key=lambda g: g["images_per_s"])
-        config = {k: best[k] for k in ("workers", "batch_size", "max_batch_delay_ms")}
+        config = {k: best[k] for k in ("workers", "threads", "batch_size", "max_batch_delay_ms")}
     else:  # one configuration: no search, straight to the full runs
-        workers, batch, delay = grid_configs[0]
-        config = {"workers": workers, "batch_size": batch, "max_batch_delay_ms": delay}
+        workers, threads, batch, delay = grid_configs[0]
+        config = {
+            "workers": workers,
+            "threads": threads,
+            "batch_size": batch,
+            "max_batch_delay_ms": delay,
+        }
     ctx.log(f"[{model.name}] torchserve best {config}")
     queue = int(service_cfg.get("queue_limit", 1024))
     with start_torchserve(model, mar, **_args(config), ctx=ctx, queue_size=queue) as system:
@@ -123,6 +149,7 @@ def bench_torchserve(
 def _args(config: dict[str, Any]) -> dict[str, int]:
     return {
         "workers": config["workers"],
+        "threads": config["threads"],
         "batch_size": config["batch_size"],
         "delay_ms": config["max_batch_delay_ms"],
     }

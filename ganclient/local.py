@@ -15,7 +15,7 @@ from service.manifest import (
     LABEL_INPUT,
     LATENT_INPUT,
     Manifest,
-    latents_from_seeds,
+    model_latents,
     version_dirs,
 )
 
@@ -97,7 +97,7 @@ class LocalGenerator:
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def generate_seeds(self, seeds: Sequence[int], labels: np.ndarray | None = None) -> np.ndarray:
-        return self.generate_latents(latents_from_seeds(list(seeds), self.manifest.nz), labels)
+        return self.generate_latents(model_latents(self.manifest, list(seeds)), labels)
 
     def generate(
         self,

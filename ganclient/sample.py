@@ -296,6 +296,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def service_url(text: str) -> str:
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise argparse.ArgumentTypeError(f"not a URL: {text!r} ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise argparse.ArgumentTypeError(f"expected http://HOST:PORT, got {text!r}")
+    return text
+
+
 class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line naming the problem (and ``--help``), exit code 2."""
 
@@ -318,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated labels used in turn (default: every class in turn, balanced)",
     )
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
+    p.add_argument(
+        "--url", type=service_url, default="http://127.0.0.1:8000", help="service base URL"
+    )
     p.add_argument("--model", default="mnist-cdcgan", help="model name")
     p.add_argument(
         "--local",

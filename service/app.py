@@ -27,7 +27,7 @@ from .settings import Settings
 log = logging.getLogger("gan_serve")
 
 ROUTERS_PACKAGE = f"{__package__}.routers"
-CORE_ROUTERS = ("health", "models", "generate", "admin", "docs")
+CORE_ROUTERS = ("health", "models", "generate", "translate", "admin", "docs")
 # Routers other parts of the project add; included when their module exists.
 OPTIONAL_ROUTERS = ("kserve", "playground")
 
@@ -46,12 +46,27 @@ class ServiceApp(FastAPI):
             await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; models load in the background after startup (``/readyz`` says when)."""
+def create_app(
+    settings: Settings | None = None,
+    engine_path: str | None = None,
+    metrics_dir: str | None = None,
+) -> FastAPI:
+    """Build the app; models load in the background after startup (``/readyz`` says when).
+
+    With ``engine_path`` the app is one front end of several: its models run in the engine
+    process listening there, and its metrics are shared through ``metrics_dir``.
+    """
     settings = settings or Settings()
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(metrics_dir)
     lifecycle = Lifecycle()
-    registry = ModelRegistry(settings.resolved_model_store(), settings, metrics)
+    store = settings.resolved_model_store()
+    registry: ModelRegistry
+    if engine_path is None:
+        registry = ModelRegistry(store, settings, metrics)
+    else:
+        from .engine_link import RemoteRegistry
+
+        registry = RemoteRegistry(store, settings, metrics, engine_path)
     encode_pool = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode")
     ctx = ServiceContext(settings, metrics, registry, lifecycle, encode_pool)
 
@@ -59,6 +74,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.get_running_loop().create_task(registry.load_all())
         app.state.loading = loading
+        if engine_path is not None:
+            # One front end of several: it takes no connection from the shared socket before
+            # its models are ready, so a starting (or restarted) front end never answers 503.
+            await loading
         try:
             yield
         finally:
@@ -74,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Generate images from GAN generators (ONNX) with dynamic batching.",
         lifespan=lifespan,
-        # Served by routers/docs.py from installed assets, not FastAPI's CDN-backed pages.
+        # /docs and /openapi.json come from routers/docs.py, with no CDN behind them.
         openapi_url=None,
         docs_url=None,
         redoc_url=None,

@@ -50,6 +50,9 @@ RULES: dict[str, Rule] = {
     "body_too_large": Rule(413, 413),
     "unsupported_media_type": Rule(415, 415),
     "header_too_large": Rule(431, 431),
+    "image_too_large": Rule(413, 413),  # pixel count from the header, before decoding
+    "broken_image": _INPUT,
+    "wrong_model_kind": _INPUT,  # a noise-to-image route for an image-to-image model, or back
     # What it names.
     "model_not_found": Rule(404, 404),
     "version_not_found": Rule(404, 404),

@@ -6,8 +6,12 @@
 * Labels (conditional models): one label for all images, one per image, or omitted. Omitted
   means balanced: image i gets ``seed_i mod num_classes`` (``i mod num_classes`` when latents
   were given), so consecutive seeds cycle through every class.
-* Truncation psi scales the latent toward the distribution's mean (0): ``z' = psi * z``
-  (the StyleGAN truncation trick applied in z space). psi = 1 is no truncation.
+* Truncation psi, by the model's manifest (rules in :mod:`service.manifest`):
+  - no ``truncation`` in the manifest (DCGAN and older models): psi scales the latent toward
+    the mean, ``z' = psi * z``; psi = 1 or absent is no truncation.
+  - ``{"kind": "resample", "threshold": T}`` (BigGAN): seed latents are drawn with every value
+    beyond ``psi * T`` redrawn, deterministic per seed; absent psi means T, psi = 0 the zero
+    latent. Latents sent in a request are clipped to ``psi * T`` instead.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import bad_input
-from .manifest import MAX_SEED, Manifest, latents_from_seeds
+from .manifest import MAX_SEED, Manifest, model_latents, truncate_latents
 
 LabelValue = int | str
 
@@ -49,8 +53,9 @@ def latents_from_request(latents: Sequence[Sequence[float]], nz: int, field: str
     return z
 
 
-def seed_latents(seeds: Sequence[int], nz: int) -> np.ndarray:
-    return latents_from_seeds(list(seeds), nz)
+def seed_latents(seeds: Sequence[int], manifest: Manifest, psi: float | None = None) -> np.ndarray:
+    """The model's latents for these seeds (resample truncation applied here when it has one)."""
+    return model_latents(manifest, list(seeds), psi)
 
 
 _INDEX = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²", "١"
@@ -101,11 +106,9 @@ def labels_for(
     )
 
 
-def truncate(z: np.ndarray, psi: float | None) -> np.ndarray:
-    """Scale latents toward the mean: ``psi * z``; None or 1 leaves them unchanged."""
-    if psi is None or psi == 1.0:
-        return z
-    return (z * np.float32(psi)).astype(np.float32)
+def truncate(z: np.ndarray, psi: float | None, manifest: Manifest) -> np.ndarray:
+    """Truncation psi on drawn latents, by the model's rule (see the module docstring)."""
+    return truncate_latents(manifest, z, psi)
 
 
 def interpolate(a: np.ndarray, b: np.ndarray, steps: int, method: str) -> np.ndarray:

@@ -40,6 +40,7 @@ from .latents import (
     seeds_for,
     truncate,
 )
+from .manifest import DIRECTIONS
 from .registry import LoadedModel, ReloadRefused, valid_name
 from .schemas import (
     GenerateRequest,
@@ -114,8 +115,36 @@ def check_room(model: LoadedModel, n: int) -> None:
         ) from None
 
 
+def require_kind(model: LoadedModel, translates: bool) -> None:
+    """Refuse (422 wrong_model_kind) a model the route cannot serve, naming the right route."""
+    m = model.manifest
+    if m.translates == translates:
+        return
+    if m.translates:
+        message = f"model {m.name} is {m.kind}: send images to POST /v1/models/{m.name}/translate"
+    else:
+        message = f"model {m.name} is {m.kind}: use /v1/models/{m.name}/generate, not translate"
+    raise ServiceError("wrong_model_kind", message, "name")
+
+
+def plan_translate(
+    ctx: ServiceContext, model: LoadedModel, sources: list[np.ndarray], direction: str
+) -> Inputs:
+    """``POST .../translate``: decoded uint8 [S, S, C] images and one direction for all ->
+    the graph's ``source`` [n, S, S, C] and ``direction`` [n] (carried as ``z`` and labels)."""
+    require_kind(model, translates=True)
+    if direction not in DIRECTIONS:
+        raise bad_input("direction", f"direction must be one of {list(DIRECTIONS)}")
+    _check_n(ctx, len(sources), "images")
+    check_room(model, len(sources))
+    batch = np.ascontiguousarray(np.stack(sources), dtype=np.uint8)
+    index = np.full(len(sources), DIRECTIONS.index(direction), np.int64)
+    return Inputs(batch, index, None)
+
+
 def plan_generate(ctx: ServiceContext, model: LoadedModel, body: GenerateRequest) -> Inputs:
     """``POST .../generate``: cross-field and per-model checks, then latents and labels."""
+    require_kind(model, translates=False)
     m = model.manifest
     check_generate(body)
     n = body.count
@@ -130,23 +159,26 @@ def plan_generate(ctx: ServiceContext, model: LoadedModel, body: GenerateRequest
     labels = labels_for(m, body.labels, n, seeds)
     check_room(model, n)
     if z is None:
-        z = seed_latents(seeds, m.nz)
-    return Inputs(truncate(z, body.truncation), labels, seeds)
+        z = seed_latents(seeds, m, body.truncation)
+    return Inputs(truncate(z, body.truncation, m), labels, seeds)
 
 
 def plan_png(ctx: ServiceContext, model: LoadedModel, query: PngQuery) -> Inputs:
     """``GET .../generate``: n images from seed, seed+1, ... with one label for all."""
+    require_kind(model, translates=False)
     m = model.manifest
     _check_n(ctx, query.n)
     seeds = seeds_for(query.seed, query.n)
     labels = labels_for(m, query.label, query.n, seeds, "label")
     check_room(model, query.n)
-    return Inputs(truncate(seed_latents(seeds, m.nz), query.truncation), labels, seeds)
+    z = seed_latents(seeds, m, query.truncation)
+    return Inputs(truncate(z, query.truncation, m), labels, seeds)
 
 
 def png_etag(ctx: ServiceContext, model: LoadedModel, query: PngQuery) -> str | None:
     """The ETag of a seeded ``GET .../generate``: the same query on the same artifact gives the
     same bytes. None without a seed (a random image)."""
+    require_kind(model, translates=False)
     m = model.manifest
     _check_n(ctx, query.n)
     given = labels_for(m, query.label, 1, None, "label") if query.label is not None else None
@@ -171,13 +203,14 @@ def png_etag(ctx: ServiceContext, model: LoadedModel, query: PngQuery) -> str | 
 
 def plan_interpolate(ctx: ServiceContext, model: LoadedModel, body: InterpolateRequest) -> Inputs:
     """A lerp/slerp walk between two seeds' or two given latents, both ends included."""
+    require_kind(model, translates=False)
     m = model.manifest
     check_interpolate(body)
     limit = ctx.settings.max_interpolation_steps
     if body.steps > limit:
         raise bad_input("steps", f"at most {limit} steps, got {body.steps}", "out_of_range")
     if body.seeds is not None:
-        ends = seed_latents(body.seeds, m.nz)
+        ends = seed_latents(body.seeds, m, body.truncation)
         first_seed = body.seeds[0]
     else:
         ends = latents_from_request(body.latents, m.nz, "latents")
@@ -187,7 +220,7 @@ def plan_interpolate(ctx: ServiceContext, model: LoadedModel, body: InterpolateR
         label = first_seed % m.num_classes  # the balanced rule, for the walk's first seed
     labels = labels_for(m, label, body.steps, None, "label")
     check_room(model, body.steps)
-    z = truncate(interpolate(ends[0], ends[1], body.steps, body.method), body.truncation)
+    z = truncate(interpolate(ends[0], ends[1], body.steps, body.method), body.truncation, m)
     return Inputs(z, labels, list(body.seeds) if body.seeds else None)
 
 
@@ -195,6 +228,7 @@ def plan_tensors(
     ctx: ServiceContext, model: LoadedModel, z: np.ndarray, labels: np.ndarray | None
 ) -> Inputs:
     """Given tensors (``/v2``): z float32 [n, nz], labels int64 [n] class indices."""
+    require_kind(model, translates=False)
     m = model.manifest
     if z.ndim != 2 or z.shape[1] != m.nz:
         raise bad_input("z", f"input 'z' must have shape [n, {m.nz}], got {list(z.shape)}")
@@ -283,7 +317,8 @@ async def _successor(
     if newer is None or newer is model:
         return None
     ma, mb = newer.manifest, model.manifest
-    return newer if (ma.nz, ma.num_classes) == (mb.nz, mb.num_classes) else None
+    same = [s.layout() for s in ma.inputs] == [s.layout() for s in mb.inputs]
+    return newer if same else None
 
 
 async def _unless_gone(model: LoadedModel, ticket: Ticket, gone: WaitGone | None) -> Any:

@@ -16,6 +16,7 @@ import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,8 @@ class ModelRegistry:
         self._watch_thread: threading.Thread | None = None
         self._watch_failed: dict[str, tuple[int, float]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Called after every swap of a serving version (the engine tells its front ends).
+        self.on_swap: Callable[[], None] | None = None
         self._last_load = -math.inf
 
     # --- lookups ------------------------------------------------------------------------
@@ -229,13 +232,10 @@ class ModelRegistry:
             stale = self.pinned.pop((name, version), None)  # now the default itself
             if stale is not None:
                 self._retire(stale)
-            log.info(
-                "%s v%d serving on %s (was %s)",
-                name,
-                version,
-                loaded.provider,
-                previous.version if previous else None,
-            )
+            if self.on_swap is not None:
+                self.on_swap()
+            replaced = f", replacing v{previous.version}" if previous else ""
+            log.info("%s v%d serving on %s%s", name, version, loaded.provider, replaced)
             return loaded, previous.version if previous else None
 
     def _load_version(self, name: str, version: int, directory: Path) -> LoadedModel:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
+from .manifest import IMAGE_OUTPUT, Manifest
 
 log = logging.getLogger("gan_serve.runtime")
 
@@ -77,6 +77,10 @@ class GeneratorRuntime:
             mode = "pow2" if self.provider == CUDA else "exact"
         self.batch_sizes = batch_sizes_for(options.max_batch_size, mode)
         self._graph_slots: dict[int, _GraphSlot] = {}
+        # The graph's two inputs: latents and labels, or source images and directions.
+        names = [spec.name for spec in manifest.inputs]
+        self.first_input = names[0]
+        self.second_input = names[1] if len(names) > 1 else None
         self._use_graphs = self.provider == CUDA and options.cuda_graphs
 
     @property
@@ -93,16 +97,18 @@ class GeneratorRuntime:
             with _cuda_lock:
                 reason = _cuda_failure
                 if reason is None and CUDA not in ort.get_available_providers():
-                    reason = "onnxruntime lists no CUDAExecutionProvider"
+                    reason = "this onnxruntime has no CUDA support"
                 if reason is None:
                     try:
                         return self._cuda_session(), CUDA
+                    except ProviderUnavailable as exc:
+                        reason = str(exc)
                     except Exception as exc:  # any failure means: not usable here
-                        reason = f"{type(exc).__name__}: {exc}"
+                        reason = f"CUDA failed its probe: {type(exc).__name__}: {exc}"
                 _cuda_failure = reason
             if device == "cuda":
                 raise ProviderUnavailable(f"device=cuda but CUDA is not usable: {reason}")
-            log.info("using CPUExecutionProvider (%s)", reason)
+            log.info("running on the CPU: %s (device=%s)", reason, device)
         sess = ort.InferenceSession(
             str(self.onnx_path), _session_options(self.options.threads), providers=[CPU]
         )
@@ -122,11 +128,12 @@ class GeneratorRuntime:
         finally:
             ort.set_default_logger_severity(2)
         if sess.get_providers()[0] != CUDA:
-            raise ProviderUnavailable("session did not place the model on CUDA")
+            raise ProviderUnavailable("no usable CUDA device or CUDA libraries found")
         z, labels = self._dummy(1)
-        feed = {LATENT_INPUT: z}
+        first, second = self._names()
+        feed = {first: z}
         if labels is not None:
-            feed[LABEL_INPUT] = labels
+            feed[second] = labels
         if not self.options.cuda_graphs:  # graph sessions must run through IO binding
             sess.run([IMAGE_OUTPUT], feed)
         return sess
@@ -144,15 +151,15 @@ class GeneratorRuntime:
         n = z.shape[0]
         size = self.bucket_for(n)
         if size != n:
-            z = np.concatenate([z, np.zeros((size - n, z.shape[1]), np.float32)])
+            z = np.concatenate([z, np.zeros((size - n, *z.shape[1:]), z.dtype)])
             if labels is not None:
                 labels = np.concatenate([labels, np.zeros(size - n, np.int64)])
         if self.provider == CUDA:
             out = self._run_cuda(z, labels)
         else:
-            feed = {LATENT_INPUT: z}
+            feed = {self.first_input: z}
             if labels is not None:
-                feed[LABEL_INPUT] = labels
+                feed[self.second_input] = labels
             out = self.session.run([IMAGE_OUTPUT], feed)[0]
         return out[:n]
 
@@ -168,17 +175,23 @@ class GeneratorRuntime:
                 slot = self._graph_slots[z.shape[0]] = _GraphSlot(self, z.shape[0])
             return slot.run(z, labels)
         binding = self.session.io_binding()
-        binding.bind_cpu_input(LATENT_INPUT, np.ascontiguousarray(z))
+        binding.bind_cpu_input(self.first_input, np.ascontiguousarray(z))
         if labels is not None:
-            binding.bind_cpu_input(LABEL_INPUT, np.ascontiguousarray(labels))
+            binding.bind_cpu_input(self.second_input, np.ascontiguousarray(labels))
         binding.bind_output(IMAGE_OUTPUT, "cpu")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
+    def _names(self) -> tuple[str, str | None]:
+        names = [spec.name for spec in self.manifest.inputs]
+        return names[0], (names[1] if len(names) > 1 else None)
+
     def _dummy(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        z = np.zeros((n, self.manifest.nz), np.float32)
-        labels = np.zeros(n, np.int64) if self.manifest.conditional else None
-        return z, labels
+        """Zeros shaped like the graph's inputs, batch n."""
+        specs = self.manifest.inputs
+        first = np.zeros((n, *specs[0].shape[1:]), np.dtype(specs[0].dtype))
+        second = np.zeros(n, np.int64) if len(specs) > 1 else None
+        return first, second
 
     def warmup(self) -> None:
         """Run every batch size once, so no request pays for first-run allocations."""
@@ -193,18 +206,21 @@ class _GraphSlot:
         m = runtime.manifest
         self.session = runtime.session
         self.lock = threading.Lock()
-        self.z = ort.OrtValue.ortvalue_from_shape_and_type([size, m.nz], np.float32, "cuda", 0)
+        first, second = m.inputs[0], (m.inputs[1] if len(m.inputs) > 1 else None)
+        self.z = ort.OrtValue.ortvalue_from_shape_and_type(
+            [size, *first.shape[1:]], np.dtype(first.dtype), "cuda", 0
+        )
         self.labels = (
             ort.OrtValue.ortvalue_from_shape_and_type([size], np.int64, "cuda", 0)
-            if m.conditional
+            if second is not None
             else None
         )
         shape = [size, m.image_size, m.image_size, m.channels]
         self.out = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.uint8, "cuda", 0)
         self.binding = self.session.io_binding()
-        self.binding.bind_ortvalue_input(LATENT_INPUT, self.z)
+        self.binding.bind_ortvalue_input(first.name, self.z)
         if self.labels is not None:
-            self.binding.bind_ortvalue_input(LABEL_INPUT, self.labels)
+            self.binding.bind_ortvalue_input(second.name, self.labels)
         self.binding.bind_ortvalue_output(IMAGE_OUTPUT, self.out)
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("gpu_graph_id", str(size))

@@ -16,13 +16,28 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GAN_SERVE_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="interface to bind")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port to bind")
     model_store: Path | None = Field(
         default=None,
         description="model_store directory; default ./model_store, else the one beside the package",
     )
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="auto: CUDA when it really runs here, else the CPU"
+    )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="HTTP front-end processes sharing the port, beside one inference engine "
+        "process; 0 = one per core; 1 = a single process with its own batcher",
+    )
+    inference: Literal["auto", "engine", "local"] = Field(
+        default="auto",
+        description="with several front ends, where batches run: engine = one batch queue in "
+        "the engine process fed by every front end; local = each front end's own batcher (no "
+        "IPC per request); auto = engine on CUDA, local on the CPU (docs/BENCHMARKS.md)",
+    )
     threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
 
     # Dynamic batcher.
@@ -55,12 +70,15 @@ class Settings(BaseSettings):
     )
 
     # Requests.
-    max_images_per_request: int = Field(default=256, ge=1)
-    max_interpolation_steps: int = Field(default=64, ge=2)
+    max_images_per_request: int = Field(default=256, ge=1, description="largest n")
+    max_interpolation_steps: int = Field(default=64, ge=2, description="largest steps")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="request body limit")
+    max_input_pixels: int = Field(
+        default=1 << 22, ge=1, description="largest image (width x height) a translate accepts"
+    )
     request_timeout_s: float = Field(default=30.0, gt=0, description="default queue deadline")
-    png_compress_level: int = Field(default=1, ge=0, le=9)
-    encode_threads: int = Field(default=2, ge=1)
+    png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level for PNG")
+    encode_threads: int = Field(default=2, ge=1, description="threads encoding large bodies")
     fast_path: bool = Field(
         default=True,
         description="serve plain GET .../generate queries without FastAPI's per-request work",
@@ -80,7 +98,7 @@ class Settings(BaseSettings):
     )
 
     # Lifecycle.
-    warmup: bool = True
+    warmup: bool = Field(default=True, description="run every batch size once before ready")
     watch_interval_s: float = Field(default=0.0, ge=0, description="poll the store; 0 = off")
     drain_timeout_s: float = Field(default=30.0, gt=0, description="SIGTERM drain limit")
     drain_grace_s: float = Field(
@@ -104,7 +122,14 @@ class Settings(BaseSettings):
         ge=1,
         description="requests handled at once; more get 503 before their body is read",
     )
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="log verbosity"
+    )
+
+    def front_ends(self) -> int:
+        """The number of HTTP front ends: ``workers``, or one per core this process may use
+        (its CPU affinity, and in a container its cgroup CPU limit)."""
+        return self.workers or usable_cores()
 
     def resolved_admin_token(self) -> str | None:
         """The admin token from the environment, else from ``admin_token_file``."""
@@ -122,3 +147,19 @@ class Settings(BaseSettings):
         if local.is_dir():
             return local
         return PACKAGE_STORE
+
+
+def usable_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may run on: its affinity, capped by a cgroup v2 CPU quota (a
+    container's ``cpus`` limit), which affinity alone does not show."""
+    import math
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))

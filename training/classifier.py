@@ -158,6 +158,36 @@ def predict(model: DigitClassifier, images: torch.Tensor, batch: int = 1000) -> 
 
 
 @torch.no_grad()
+def probabilities(model: DigitClassifier, images: torch.Tensor, batch: int = 1000) -> np.ndarray:
+    """Class probabilities p(y|x), float64 [N, K]."""
+    model.eval()
+    out = [model(images[i : i + batch]).softmax(1) for i in range(0, len(images), batch)]
+    return torch.cat(out).double().numpy()
+
+
+def fgsm(
+    model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor, epsilon: float
+) -> torch.Tensor:
+    """Fast gradient sign adversarial images (Goodfellow et al., 2015): one step of size
+    ``epsilon`` on the [0, 1] pixel scale (2 * epsilon in the [-1, 1] range) along the sign of
+    the loss gradient, clipped to the valid range."""
+    model.eval()
+    x = images.clone().requires_grad_(True)
+    loss = F.cross_entropy(model(x), labels)
+    (grad,) = torch.autograd.grad(loss, x)
+    return (images + 2.0 * epsilon * grad.sign()).clamp(-1.0, 1.0).detach()
+
+
+def fgsm_accuracy(
+    model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor, epsilon: float
+) -> float:
+    """Accuracy on FGSM images made against this very model (white box)."""
+    if epsilon == 0:
+        return accuracy(model, images, labels)
+    return accuracy(model, fgsm(model, images, labels, epsilon), labels)
+
+
+@torch.no_grad()
 def features(model: DigitClassifier, images: torch.Tensor, batch: int = 1000) -> np.ndarray:
     """Penultimate-layer features, float64 [N, feature_dim]."""
     model.eval()

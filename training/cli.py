@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "export a checkpoint's generator to ONNX in the model store"),
     "mar": ("torchserve_archive", "build a TorchServe archive (.mar) of an exported model"),
     "ship": ("ship", "train, export, evaluate and archive the shipped model"),
+    "cyclegan": ("cyclegan_train", "train a CycleGAN on two unpaired image domains"),
+    "export-translator": ("cyclegan_export", "export a CycleGAN checkpoint to the model store"),
 }
 USAGE_ERROR = 2
 # What a user's mistake raises: bad paths, files of the wrong kind, invalid options.

@@ -11,7 +11,11 @@ Figures (all measured with the reference classifier, see :mod:`training.classifi
    real-vs-real floor (training digits vs held-out digits, same sample size);
 3. CAS: the classifier recipe trained on generated labelled digits only, tested on held-out real
    digits, beside the same recipe trained on the real training digits;
-4. a sample grid, one row per class.
+4. Inception Score with the reference classifier, IS = exp(E_x KL(p(y|x) || p(y))), mean and
+   std over 10 splits, beside the same score of the held-out real digits (same count);
+5. FGSM: accuracy on held-out digits under the fast gradient sign attack at a few epsilons, of
+   the CAS classifier (trained on generated digits) beside the real-trained one;
+6. a sample grid, one row per class.
 
 The figures are deterministic: seeded, and computed on one torch thread and one ONNX Runtime
 thread, so they do not depend on the machine's core count. Nothing is written into a version
@@ -38,15 +42,17 @@ from service.manifest import (
     LABEL_INPUT,
     LATENT_INPUT,
     Manifest,
-    latents_from_seeds,
+    model_latents,
     version_dirs,
 )
 from training.classifier import (
     DEFAULT_CACHE_DIR,
     accuracy,
     features,
+    fgsm_accuracy,
     load_reference_classifier,
     predict,
+    probabilities,
     torch_threads,
     train_classifier,
 )
@@ -57,6 +63,9 @@ GRID_FILE = "samples.png"
 SAMPLE_SEED_BASE = 1_000_000
 TARGET_CONDITIONAL_ACCURACY = 0.95
 TARGET_CAS_RATIO = 0.9
+TARGET_IS_RATIO = 0.8  # unconditional models: IS >= 80% of the held-out real digits' IS
+IS_SPLITS = 10
+FGSM_EPSILONS = (0.0, 0.05, 0.1, 0.2)  # on the [0, 1] pixel scale
 EVALUATION_THREADS = 1  # float reductions depend on the thread count; one thread everywhere
 
 
@@ -97,10 +106,9 @@ class GeneratorRunner:
         self, seeds: np.ndarray, labels: np.ndarray | None = None, batch: int = 500
     ) -> np.ndarray:
         """uint8 images [N, H, W, C] for the given seeds (and labels, if conditional)."""
-        nz = self.manifest.nz
         out = []
         for start in range(0, len(seeds), batch):
-            feeds = {LATENT_INPUT: latents_from_seeds(seeds[start : start + batch], nz)}
+            feeds = {LATENT_INPUT: model_latents(self.manifest, seeds[start : start + batch])}
             if self.manifest.conditional:
                 if labels is None:
                     raise ValueError("a conditional generator needs labels")
@@ -132,6 +140,17 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     tr_cross = float(np.sqrt(np.clip(cross, 0.0, None)).sum())
     diff = mu_a - mu_b
     return float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * tr_cross)
+
+
+def inception_score(probs: np.ndarray, splits: int = IS_SPLITS) -> tuple[float, float]:
+    """IS = exp(mean over x of KL(p(y|x) || p(y))), p(y) the split's mean prediction;
+    returns the mean and the standard deviation over ``splits`` equal parts of ``probs``."""
+    scores = []
+    for part in np.array_split(probs, splits):
+        marginal = part.mean(axis=0, keepdims=True)
+        kl = part * (np.log(np.clip(part, 1e-12, None)) - np.log(np.clip(marginal, 1e-12, None)))
+        scores.append(float(np.exp(kl.sum(axis=1).mean())))
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 def sample_grid(runner: GeneratorRunner, columns: int = 10, scale: int = 2) -> Image.Image:
@@ -247,6 +266,17 @@ def _evaluate(
     )
     result["frechet_samples"] = k
 
+    # (4) Inception Score with the reference classifier, generated vs held-out real, same count
+    log(f"Inception Score, {k} generated and {k} held-out images, {IS_SPLITS} splits")
+    is_mean, is_std = inception_score(probabilities(clf, generated[:k]))
+    real_mean, real_std = inception_score(probabilities(clf, heldout.images[heldout_idx]))
+    result["inception_score"] = round(is_mean, 3)
+    result["inception_score_std"] = round(is_std, 3)
+    result["inception_score_real"] = round(real_mean, 3)
+    result["inception_score_real_std"] = round(real_std, 3)
+    result["inception_score_ratio"] = round(is_mean / real_mean, 4)
+    result["inception_score_samples"] = k
+
     # (3) Classification Accuracy Score
     if m.conditional:
         log(f"CAS: training the classifier on {cas_samples} generated digits")
@@ -265,10 +295,27 @@ def _evaluate(
             result["conditional_accuracy"] >= TARGET_CONDITIONAL_ACCURACY
             and result["cas_ratio"] >= TARGET_CAS_RATIO
         )
-    result["targets"] = {
-        "conditional_accuracy": TARGET_CONDITIONAL_ACCURACY,
-        "cas_ratio": TARGET_CAS_RATIO,
-    }
+
+        # (5) FGSM on held-out digits: the CAS classifier beside the real-trained reference
+        log(f"FGSM at epsilons {list(FGSM_EPSILONS)} against both classifiers")
+        result["fgsm"] = {
+            "epsilons": list(FGSM_EPSILONS),
+            "cas_classifier_accuracy": [
+                round(fgsm_accuracy(cas_model, heldout.images, heldout.labels, e), 4)
+                for e in FGSM_EPSILONS
+            ],
+            "real_trained_accuracy": [
+                round(fgsm_accuracy(clf, heldout.images, heldout.labels, e), 4)
+                for e in FGSM_EPSILONS
+            ],
+        }
+        result["targets"] = {
+            "conditional_accuracy": TARGET_CONDITIONAL_ACCURACY,
+            "cas_ratio": TARGET_CAS_RATIO,
+        }
+    else:
+        result["meets_targets"] = bool(result["inception_score_ratio"] >= TARGET_IS_RATIO)
+        result["targets"] = {"inception_score_ratio": TARGET_IS_RATIO}
     result["evaluated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result["duration_s"] = round(time.perf_counter() - started, 1)
 
@@ -315,8 +362,30 @@ def render_report(m: Manifest, r: dict[str, Any]) -> str:
             f"| {_fmt_pct(r['cas'])} | trained on real: {_fmt_pct(r['cas_real_trained_accuracy'])} "
             f"(ratio {r['cas_ratio']:.3f}) |"
         )
-    lines += ["", "Per-class conditional accuracy:", ""]
+    if "inception_score" in r:
+        lines.append(
+            f"| Inception Score, reference classifier ({r['inception_score_samples']} images, "
+            f"10 splits) | {r['inception_score']:.2f} ± {r['inception_score_std']:.2f} "
+            f"| held-out real: {r['inception_score_real']:.2f} ± "
+            f"{r['inception_score_real_std']:.2f} (ratio {r['inception_score_ratio']:.3f}) |"
+        )
+    if "fgsm" in r:
+        f = r["fgsm"]
+        lines += [
+            "",
+            "Accuracy on the held-out digits under FGSM (epsilon on the [0, 1] pixel scale):",
+            "",
+            "| classifier | " + " | ".join(f"eps {e:g}" for e in f["epsilons"]) + " |",
+            "|" + " --- |" * (len(f["epsilons"]) + 1),
+            "| CAS (trained on generated) | "
+            + " | ".join(_fmt_pct(a) for a in f["cas_classifier_accuracy"])
+            + " |",
+            "| trained on real | "
+            + " | ".join(_fmt_pct(a) for a in f["real_trained_accuracy"])
+            + " |",
+        ]
     if "conditional_accuracy_per_class" in r:
+        lines += ["", "Per-class conditional accuracy:", ""]
         names = m.class_names or [str(i) for i in range(m.num_classes)]
         lines.append("| " + " | ".join(names) + " |")
         lines.append("|" + " --- |" * len(names))
@@ -326,12 +395,14 @@ def render_report(m: Manifest, r: dict[str, Any]) -> str:
     if "meets_targets" in r:
         t = r["targets"]
         verdict = "meets" if r["meets_targets"] else "DOES NOT meet"
-        lines += [
-            "",
-            f"This model {verdict} the targets: conditional accuracy >= "
-            f"{_fmt_pct(t['conditional_accuracy'])} and CAS >= {t['cas_ratio']:.0%} of the "
-            "real-trained accuracy.",
-        ]
+        if "conditional_accuracy" in t:
+            wanted = (
+                f"conditional accuracy >= {_fmt_pct(t['conditional_accuracy'])} and CAS >= "
+                f"{t['cas_ratio']:.0%} of the real-trained accuracy"
+            )
+        else:
+            wanted = f"Inception Score >= {t['inception_score_ratio']:.0%} of the real digits' IS"
+        lines += ["", f"This model {verdict} the targets: {wanted}."]
     lines += ["", f"![samples, one row per class]({GRID_FILE})", ""]
     return "\n".join(lines)
 
@@ -396,6 +467,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     version_dir = resolve_version_dir(args.model)
+    if load_manifest(version_dir).translates:
+        from training.translation_eval import evaluate_translator
+
+        result = evaluate_translator(version_dir, write=args.write, progress=not args.quiet)
+        print(json.dumps(result, indent=2))
+        return 0
     result = evaluate_generator(
         version_dir,
         samples=args.samples,

@@ -35,8 +35,10 @@ from service.manifest import (
     ONNX_FILE,
     ArtifactSpec,
     Manifest,
+    TruncationSpec,
     expected_inputs,
     expected_outputs,
+    latents_from_seeds,
     next_version,
     sha256_file,
     utc_now,
@@ -164,14 +166,22 @@ def check_graph(path: Path) -> int:
 
 
 def parity_check(
-    reference: Generator, onnx_path: Path, cfg: ModelConfig, *, samples: int = PARITY_SAMPLES
+    reference: Generator,
+    onnx_path: Path,
+    cfg: ModelConfig,
+    *,
+    samples: int = PARITY_SAMPLES,
+    truncation: TruncationSpec | None = None,
 ) -> int:
     """Run ``samples`` random latents through PyTorch and ONNX Runtime; return the max
-    abs pixel difference, raising :class:`ExportParityError` above the tolerance."""
+    abs pixel difference, raising :class:`ExportParityError` above the tolerance. A model with
+    resample truncation is checked on the latents the service draws for seeds 0..samples-1."""
     import onnxruntime as ort
 
     gen = torch.Generator().manual_seed(1234)
     z = torch.randn(samples, cfg.nz, generator=gen)
+    if truncation is not None:
+        z = torch.from_numpy(latents_from_seeds(range(samples), cfg.nz, truncation.threshold))
     labels = (
         torch.randint(0, cfg.num_classes, (samples,), generator=gen) if cfg.num_classes else None
     )
@@ -207,11 +217,13 @@ def export_generator(
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     description: str = "",
+    family: str = "dcgan",
 ) -> Path:
-    """Export ``generator`` to ``store/name/<version>/`` and return that directory.
-
-    The version directory appears in one rename, fully written, or not at all.
+    """Export ``generator`` (of the GAN ``family``) to ``store/name/<version>/`` and return
+    that directory. The version directory appears in one rename, fully written, or not at all.
     """
+    from training.families import get_family
+
     model_dir = Path(store) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir) if version is None else version
@@ -221,18 +233,21 @@ def export_generator(
     if cfg.num_classes and not class_names:
         class_names = [str(i) for i in range(cfg.num_classes)]
     generator = generator.eval()
-    folded = fold_batchnorm(generator)
+    family_spec = get_family(family)
+    folded = family_spec.serving_generator(generator)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir))
     try:
         onnx_path = tmp_dir / ONNX_FILE
         _export_onnx(ServingGenerator(folded), cfg, onnx_path)
         opset = check_graph(onnx_path)
-        max_diff = parity_check(generator, onnx_path, cfg)
+        max_diff = parity_check(generator, onnx_path, cfg, truncation=family_spec.truncation)
         manifest = Manifest(
             name=name,
             version=version,
             created_at=utc_now(),
             description=description,
+            family=family_spec.name,
+            paper=family_spec.paper,
             nz=cfg.nz,
             image_size=cfg.image_size,
             channels=cfg.channels,
@@ -247,6 +262,7 @@ def export_generator(
                 "export": {"parity_max_abs_diff": max_diff, "parity_samples": PARITY_SAMPLES},
             },
             evaluation=evaluation or {},
+            truncation=family_spec.truncation,
         )
         manifest.save(tmp_dir)
         os.chmod(tmp_dir, 0o755)
@@ -279,9 +295,10 @@ def export_checkpoint(
     extra_training: dict[str, Any] | None = None,
 ) -> Path:
     """Export the (EMA) generator of a training checkpoint, recording its training config."""
-    from training.train import generator_from_checkpoint
+    from training.checkpoint import generator_from_checkpoint
 
     generator, cfg, ckpt = generator_from_checkpoint(ckpt_path, use_ema=use_ema)
+    family = ckpt.get("family", "dcgan")
     history = ckpt.get("history") or []
     training = {
         "train_config": _jsonable(ckpt.get("train_config", {})),
@@ -303,6 +320,7 @@ def export_checkpoint(
         class_names=list(ckpt.get("class_names") or []),
         training=training,
         description=description,
+        family=family,
     )
 
 
@@ -419,7 +437,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.train import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     name = args.name or model_name_from_run(args.checkpoint)
     ckpt = load_checkpoint(args.checkpoint)

@@ -43,7 +43,8 @@ def ship(
 
     The name is checked before training starts, so a run is never lost to a refusal.
     """
-    from training.train import TrainConfig, load_checkpoint, train
+    from training.checkpoint import load_checkpoint
+    from training.loop import TrainConfig, train
 
     provenance: dict[str, Any] = {}
     if checkpoint is None:
@@ -66,7 +67,7 @@ def ship(
         store,
         name,
         version=version,
-        description="Class-conditional DCGAN generator of 32x32 MNIST digits (labels 0-9)",
+        description=describe_checkpoint(checkpoint),
         extra_training=provenance,
     )
     result = evaluate_generator(
@@ -79,6 +80,23 @@ def ship(
     if build_archive:
         build_mar(version_dir, Path(store) / f"{name}.mar")
     return version_dir, result
+
+
+def describe_checkpoint(checkpoint: str | Path) -> str:
+    """e.g. 'Class-conditional DCGAN generator of 32x32 MNIST digits (labels 0-9)'."""
+    from training.checkpoint import load_checkpoint
+    from training.families import get_family
+
+    ckpt = load_checkpoint(checkpoint)
+    family = get_family(ckpt.get("family", "dcgan"))
+    cfg = ckpt["model_config"]
+    size = f"{cfg['image_size']}x{cfg['image_size']}"
+    data = "MNIST digits" if ckpt.get("train_config", {}).get("data") == "mnist" else "images"
+    if cfg.get("num_classes"):
+        names = ckpt.get("class_names") or []
+        labels = f" (labels {names[0]}-{names[-1]})" if names else ""
+        return f"Class-conditional {family.description} of {size} {data}{labels}"
+    return f"Unconditional {family.description} of {size} {data}"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -112,7 +112,7 @@ class GeneratorHandler:
         if ("seed" in body) == ("z" in body):
             raise ValueError("seed: give exactly one of 'seed' or 'z'")
         if "seed" in body:
-            z = contract.latent_from_seed(self._int_field(body, "seed", 0, contract.MAX_SEED), m.nz)
+            z = contract.model_latents(m, [self._int_field(body, "seed", 0, contract.MAX_SEED)])[0]
         else:
             raw = body["z"]
             if not isinstance(raw, list) or len(raw) != m.nz:

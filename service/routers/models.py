@@ -29,6 +29,8 @@ def model_info(model: LoadedModel, registry: ModelRegistry) -> dict:
         "channels": m.channels,
         "batch_sizes": model.runtime.batch_sizes,
         "description": m.description,
+        "family": m.family,
+        "paper": m.paper,
         "evaluation": m.evaluation,
         "manifest": m.model_dump(mode="json"),
     }

@@ -81,6 +81,7 @@ async def models(request: Request) -> dict[str, Any]:
                 "image_size": m.image_size,
                 "channels": m.channels,
                 "description": m.description,
+                "family": m.family or "dcgan",
             }
         )
     return {"models": out}

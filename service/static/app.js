@@ -297,7 +297,7 @@ async function init() {
     return;
   }
   const select = $("model");
-  for (const m of state.models) select.add(new Option(m.name, m.name));
+  for (const m of state.models) select.add(new Option(`${m.name} (${m.family})`, m.name));
   select.addEventListener("change", () => selectModel(select.value));
   $("refresh").addEventListener("click", loadSamples);
   $("seed").addEventListener("change", loadSamples);

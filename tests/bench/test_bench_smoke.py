@@ -20,14 +20,26 @@ def test_quick_bench_measures_every_system_without_errors(tmp_path: Path) -> Non
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=420,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
 
     result = json.loads((out / "results.json").read_text())
-    assert result["meta"]["server_cpus"] and result["meta"]["client_cpus"]
-    (model,) = result["models"].values()
+    assert list(result["layouts"]) == ["whole", "pinned"]  # the whole machine leads
+    whole, pinned = result["layouts"]["whole"], result["layouts"]["pinned"]
+    assert whole["server_cpus"].startswith("all") and pinned["server_cpus"] != pinned["client_cpus"]
+    scaling = next(iter(whole["scaling"].values()))
+    assert [(r["front_ends"], r["inference"]) for r in scaling] == [
+        (1, "auto"),
+        (2, "engine"),
+        (2, "local"),
+    ]
+    assert all(r["cpu_ms_per_request"]["gan-serve-http"] > 0 for r in scaling[1:])
+    assert all(r["errors"] == 0 and r["req_per_s"] > 0 for r in scaling)
+    (whole_model,) = whole["models"].values()
+    assert {r["system"] for r in whole_model["runs"]} == {"service", "naive", "torchserve"}
+    (model,) = pinned["models"].values()
     assert [b["batch_size"] for b in model["ceiling"]["per_batch"]] == [1, 8, 64]
     assert model["ceiling"]["single_images_per_s"] > 0
 
@@ -54,5 +66,7 @@ def test_quick_bench_measures_every_system_without_errors(tmp_path: Path) -> Non
         assert ratios[key] is not None and ratios[key] > 0
     report = (out / "results.md").read_text()
     assert report.index("## Ratios") < report.index("## Targets") < report.index("| system |")
+    assert report.index("# Whole machine") < report.index("## Scaling") < report.index("# Pinned")
     assert "does not measure the targets" in report and "**no**" not in report
     assert (out / "p99_vs_throughput.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "p99_vs_throughput_pinned.png").read_bytes().startswith(b"\x89PNG")

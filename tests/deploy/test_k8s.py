@@ -196,3 +196,25 @@ def test_kserve_example_serves_the_torchserve_archive():
         meta = json.loads(archive.read("MAR-INF/MANIFEST.json"))
     assert meta["model"]["modelName"] == name
     assert meta["model"]["modelVersion"] == version
+
+
+def test_kserve_runtime_for_gan_serve_itself(app_routes):
+    """gan-serve's own image under KServe: OIP v2, a readiness path the app serves, settings
+    that exist, the port KServe routes to, the store where KServe puts storageUri."""
+    (isvc,) = load_all(DEPLOY / "kserve" / "gan-serve" / "inferenceservice.yaml")
+    (runtime,) = load_all(DEPLOY / "kserve" / "gan-serve" / "servingruntime.yaml")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"] == "gan-serve"
+    assert model["protocolVersion"] == "v2" and runtime["spec"]["protocolVersions"] == ["v2"]
+    assert model["modelFormat"]["name"] in {
+        f["name"] for f in runtime["spec"]["supportedModelFormats"]
+    }
+    (container,) = runtime["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert set(env) <= {f"GAN_SERVE_{name.upper()}" for name in Settings.model_fields}
+    assert env["GAN_SERVE_MODEL_STORE"] == "/mnt/models"
+    assert int(env["GAN_SERVE_PORT"]) == container["ports"][0]["containerPort"] == 8080
+    assert int(env["GAN_SERVE_WORKERS"]) == int(container["resources"]["limits"]["cpu"])
+    probe = container["readinessProbe"]["httpGet"]
+    assert ("GET", probe["path"]) in app_routes and probe["port"] == 8080
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}

@@ -185,9 +185,10 @@ def test_usage_errors_are_one_line_naming_the_fix(
     assert "connect" in line and "gan-serve" in line and "--local" in line
     assert main(["-n", "2", *out, "--local", str(tmp_path / "missing")]) == 2
     assert "missing" in one_error_line(capsys)
-    with pytest.raises(SystemExit) as exit_:
-        main(["-n", "0", *out])
-    assert exit_.value.code == 2 and "--num" in one_error_line(capsys)
+    for bad, flag in ((["-n", "0"], "--num"), (["-n", "1", "--url", "http://256.0.0.1"], "--url")):
+        with pytest.raises(SystemExit) as exit_:
+            main([*bad, *out])
+        assert exit_.value.code == 2 and flag in one_error_line(capsys)
 
 
 def test_unknown_remote_model_lists_the_served_ones(

@@ -292,9 +292,9 @@ def test_overload_gets_503_while_accepted_requests_complete(store, monkeypatch, 
     latents_made: list[int] = []
     real_seed_latents = generate_module.seed_latents
 
-    def counting_seed_latents(seeds, nz):  # noqa: ANN001, ANN202
+    def counting_seed_latents(seeds, manifest, psi=None):  # noqa: ANN001, ANN202
         latents_made.append(len(seeds))
-        return real_seed_latents(seeds, nz)
+        return real_seed_latents(seeds, manifest, psi)
 
     monkeypatch.setattr(generate_module, "seed_latents", counting_seed_latents)
 

@@ -14,8 +14,15 @@ from PIL import Image
 from service import encode, runtime
 from service.batcher import BatcherClosed, DeadlineExceeded, LatentBatcher, QueueFull
 from service.errors import ServiceError
-from service.latents import interpolate, labels_for, latents_from_request, seeds_for, truncate
-from service.manifest import Manifest, latent_from_seed
+from service.latents import (
+    interpolate,
+    labels_for,
+    latents_from_request,
+    seed_latents,
+    seeds_for,
+    truncate,
+)
+from service.manifest import Manifest, TruncationSpec, latent_from_seed, latents_from_seeds
 from service.metrics import ServiceMetrics
 from service.runtime import GeneratorRuntime, ProviderUnavailable, RuntimeOptions
 from tests.service.conftest import metric_value, run
@@ -72,11 +79,36 @@ def test_given_latents_checked_for_length_and_finiteness() -> None:
     assert err.value.field == "latents[0]"
 
 
-def test_truncation_scales_toward_the_mean() -> None:
+def test_truncation_scales_toward_the_mean(tmp_path) -> None:
+    m = _manifest(tmp_path)
+    assert m.truncation is None  # manifests without the field: the scaling rule, as before
     z = latent_from_seed(3, 16)[None]
-    assert truncate(z, None) is z
-    np.testing.assert_allclose(truncate(z, 0.5), z * 0.5)
-    assert not truncate(z, 0.0).any()
+    assert truncate(z, None, m) is z
+    np.testing.assert_allclose(truncate(z, 0.5, m), z * 0.5)
+    assert not truncate(z, 0.0, m).any()
+    drawn = seed_latents([3], m, 0.5)
+    np.testing.assert_array_equal(drawn, latent_from_seed(3, m.nz)[None])  # scaled after
+
+
+def test_resample_truncation_is_deterministic_and_within_the_threshold(tmp_path) -> None:
+    m = _manifest(tmp_path).model_copy(
+        update={"truncation": TruncationSpec(kind="resample", threshold=1.0)}
+    )
+    seeds = list(range(200))
+    z = seed_latents(seeds, m)
+    plain = latents_from_seeds(seeds, m.nz)
+    assert np.abs(plain).max() > 1.0 and np.abs(z).max() <= 1.0  # some values were redrawn
+    inside = np.abs(plain) <= 1.0
+    np.testing.assert_array_equal(z[inside], plain[inside])  # the rest kept as drawn
+    np.testing.assert_array_equal(seed_latents([7, 8], m), z[7:9])  # per seed, not per batch
+    half = seed_latents(seeds, m, 0.5)
+    assert np.abs(half).max() <= 0.5 and not np.array_equal(half, z)
+    assert not seed_latents([1], m, 0.0).any()
+    assert truncate(z, None, m) is not z and np.array_equal(truncate(z, None, m), z)
+    sent = np.array([[3.0, -0.2, -5.0, 0.9]], dtype=np.float32)  # latents a caller sent: clipped
+    np.testing.assert_array_equal(truncate(sent, 0.5, m), np.float32([[0.5, -0.2, -0.5, 0.5]]))
+    old = Manifest.model_validate_json(m.model_dump_json(exclude={"truncation"}))
+    assert old.truncation is None
 
 
 @pytest.mark.parametrize("method", ["lerp", "slerp"])

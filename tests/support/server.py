@@ -75,6 +75,7 @@ class ServiceProcess:
         ]
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault("GAN_SERVE_WORKERS", "1")  # one process unless a test asks for more
         env.update(self.env or {})
         self.proc = subprocess.Popen(
             cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env

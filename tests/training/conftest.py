@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from training.data import ImageData, load_embedded_mnist
-from training.train import TrainConfig
+from training.loop import TrainConfig
 
 
 @pytest.fixture(scope="session")

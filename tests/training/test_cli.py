@@ -10,9 +10,10 @@ import pytest
 
 from service.manifest import Manifest, version_dirs
 from training import cli
+from training.checkpoint import load_checkpoint
 from training.data import ImageData
+from training.loop import RunExistsError, train
 from training.model import IMAGE_SIZE_HELP
-from training.train import RunExistsError, load_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.train import load_checkpoint
+from training.checkpoint import load_checkpoint
 
 
 def _free_port() -> int:

@@ -20,9 +20,20 @@ from service.manifest import (
     sha256_file,
     utc_now,
 )
-from training.classifier import ClassifierConfig, load_reference_classifier, train_classifier
+from training.classifier import (
+    ClassifierConfig,
+    fgsm,
+    fgsm_accuracy,
+    load_reference_classifier,
+    train_classifier,
+)
 from training.data import load_embedded_mnist
-from training.evaluate import evaluate_generator, frechet_distance, resolve_version_dir
+from training.evaluate import (
+    evaluate_generator,
+    frechet_distance,
+    inception_score,
+    resolve_version_dir,
+)
 from training.export import export_random_generator
 from training.model import ModelConfig
 
@@ -184,3 +195,24 @@ def test_evaluation_refuses_generators_it_cannot_judge(tmp_path: Path):
         evaluate_generator(rgb)
     with pytest.raises(FileNotFoundError):
         resolve_version_dir(tmp_path / "missing")
+
+
+def test_inception_score_is_one_for_uninformative_and_k_for_confident_balanced_predictions():
+    uniform = np.full((100, 10), 0.1)
+    assert inception_score(uniform) == pytest.approx((1.0, 0.0), abs=1e-9)
+    confident = np.eye(10)[np.arange(100) % 10]  # each split holds every class equally
+    assert inception_score(confident) == pytest.approx((10.0, 0.0), abs=1e-6)
+    collapsed = np.eye(10)[np.zeros(100, dtype=int)]  # one class only: no diversity
+    assert inception_score(collapsed)[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fgsm_lowers_accuracy_and_stays_in_range():
+    reference = load_reference_classifier(32)
+    _, heldout = load_embedded_mnist(image_size=32)
+    images, labels = heldout.images[:200], heldout.labels[:200]
+    adversarial = fgsm(reference.model, images, labels, 0.1)
+    assert adversarial.min() >= -1 and adversarial.max() <= 1
+    assert (adversarial - images).abs().max() <= 0.2 + 1e-6  # 2 * epsilon in [-1, 1] units
+    clean = fgsm_accuracy(reference.model, images, labels, 0.0)
+    attacked = fgsm_accuracy(reference.model, images, labels, 0.1)
+    assert clean >= 0.95 and attacked < clean - 0.1

@@ -156,7 +156,7 @@ def test_random_generator_is_deterministic_per_seed(tmp_path: Path):
 
 def _write_checkpoint(path: Path, cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """A checkpoint in the training loop's format whose EMA weights differ from the raw ones."""
-    from training.train import save_checkpoint
+    from training.checkpoint import save_checkpoint
 
     raw = _generator_with_bn_stats(cfg, seed=1)
     ema = _generator_with_bn_stats(cfg, seed=2)

@@ -10,14 +10,10 @@ import torch
 from PIL import Image
 
 from training import cli
+from training.checkpoint import generator_from_checkpoint, load_checkpoint
 from training.data import ImageData
+from training.loop import Trainer, train
 from training.model import Generator
-from training.train import (
-    Trainer,
-    generator_from_checkpoint,
-    load_checkpoint,
-    train,
-)
 
 CHECKPOINT_KEYS = {
     "model_config",
@@ -193,7 +189,7 @@ def test_python_dash_m_training_lists_the_subcommands() -> None:
 
 
 def test_mode_seeking_term_rewards_latent_sensitivity() -> None:
-    from training.train import mode_seeking_loss
+    from training.families.dcgan import mode_seeking_loss
 
     z = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
     same = torch.zeros(8, 1, 4, 4)  # every latent gives the same image: collapse

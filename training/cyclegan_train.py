@@ -1,0 +1,313 @@
+"""``gan-train cyclegan``: train a CycleGAN on two unpaired domains, then export it.
+
+Its own small loop beside :mod:`training.loop`, which draws latents and steps one G and one D;
+CycleGAN steps two of each on two image streams. It reuses the shared checkpoint writer,
+RNG capture and logging helpers. Per step (the paper's order): both generators on the
+adversarial (LSGAN), cycle (L1, weight ``lambda_cycle``) and identity (L1, weight
+``lambda_identity * lambda_cycle``) losses, then each discriminator on real images against a
+pool of the last ``pool_size`` generated ones, its loss halved. Adam with ``lr`` constant for
+the first half of the steps, then decayed linearly to zero.
+
+Writes under ``out_dir``: ``checkpoints/last.pt``, ``metrics.jsonl`` (a line every
+``log_every`` steps), ``samples/step_XXXXXX.png`` (held-out A, A->B, A->B->A, B, B->A,
+B->A->B rows) and ``loss_curve.png``; with ``--store``, exports the model and evaluates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from training.checkpoint import CHECKPOINT_DIR, LAST_CHECKPOINT, save_checkpoint
+from training.domains import DomainPair, load_domain_pair
+from training.families.cyclegan import CycleGAN, CycleGANConfig
+from training.logs import write_metrics
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+SAMPLE_COLUMNS = 10
+
+
+@dataclass
+class CycleTrainConfig:
+    """A CycleGAN run; the defaults train the shipped ``mnist-fonts-cyclegan``."""
+
+    data_a: str | None = None  # None (with data_b None): the embedded MNIST <-> fonts pair
+    data_b: str | None = None
+    out_dir: str = "runs/mnist-fonts-cyclegan"
+    image_size: int = 32
+    channels: int | None = None
+    ngf: int = 16
+    ndf: int = 32
+    n_blocks: int = 3
+    steps: int = 1500
+    batch_size: int = 8  # the paper: 1
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5  # times lambda_cycle
+    pool_size: int = 50
+    decay_start: float = 0.5  # fraction of the steps after which lr decays linearly to 0
+    log_every: int = 50
+    sample_every: int = 500
+    seed: int = 0
+    threads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ImagePool:
+    """The last ``size`` generated images (Shrivastava et al. 2017): once full, each new image
+    is, with probability 1/2, swapped for a random stored one which D sees instead."""
+
+    def __init__(self, size: int, rng: random.Random):
+        self.size = size
+        self.rng = rng
+        self.images: list[torch.Tensor] = []
+
+    def query(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return batch
+        out = []
+        for image in batch.detach():
+            if len(self.images) < self.size:
+                self.images.append(image)
+                out.append(image)
+            elif self.rng.random() < 0.5:
+                k = self.rng.randrange(self.size)
+                out.append(self.images[k])
+                self.images[k] = image
+            else:
+                out.append(image)
+        return torch.stack(out)
+
+
+def _lsgan(scores: torch.Tensor, real: bool) -> torch.Tensor:
+    return F.mse_loss(scores, torch.full_like(scores, 1.0 if real else 0.0))
+
+
+def lr_factor(step: int, steps: int, decay_start: float) -> float:
+    """1 for the first ``decay_start`` of the steps, then linearly down to 0 at the end."""
+    start = int(steps * decay_start)
+    if step < start:
+        return 1.0
+    return max(0.0, 1.0 - (step - start) / max(1, steps - start))
+
+
+@torch.no_grad()
+def sample_sheet(model: CycleGAN, pair: DomainPair, columns: int = SAMPLE_COLUMNS) -> np.ndarray:
+    """uint8 [6 * S, columns * S]: held-out A, A->B, A->B->A, B, B->A, B->A->B (one per row)."""
+    was_training = model.training
+    model.eval()
+    a = pair.heldout_a.images[_spread(pair.heldout_a, columns)]
+    b = pair.heldout_b.images[_spread(pair.heldout_b, columns)]
+    ab = model.g_ab(a)
+    ba = model.g_ba(b)
+    rows = [a, ab, model.g_ba(ab), b, ba, model.g_ab(ba)]
+    model.train(was_training)
+    sheet = torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)  # C x 6S x cS
+    pixels = ((sheet + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(1, 2, 0).squeeze(-1).numpy()
+
+
+def _spread(data: Any, columns: int) -> torch.Tensor:
+    """One image per class in order when labelled, else the first ``columns``."""
+    n = min(columns, len(data))
+    if data.class_names:
+        picks = [int(torch.nonzero(data.labels == k)[0]) for k in range(data.num_classes)]
+        return torch.tensor(picks[:n])
+    return torch.arange(n)
+
+
+def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Path:
+    """Run ``cfg.steps`` steps; return the path of ``checkpoints/last.pt``."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    out = Path(cfg.out_dir)
+    (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    (out / SAMPLES_DIR).mkdir(exist_ok=True)
+    pair = pair or load_domain_pair(cfg.data_a, cfg.data_b, cfg.image_size, cfg.channels)
+    mcfg = CycleGANConfig(
+        image_size=cfg.image_size,
+        channels=pair.train_a.channels,
+        ngf=cfg.ngf,
+        ndf=cfg.ndf,
+        n_blocks=cfg.n_blocks,
+    )
+    model = CycleGAN(mcfg).train()
+    betas = (cfg.beta1, cfg.beta2)
+    opt_g = torch.optim.Adam(
+        [*model.g_ab.parameters(), *model.g_ba.parameters()], cfg.lr, betas=betas
+    )
+    opt_d = torch.optim.Adam(
+        [*model.d_a.parameters(), *model.d_b.parameters()], cfg.lr, betas=betas
+    )
+    pool_a, pool_b = ImagePool(cfg.pool_size, rng), ImagePool(cfg.pool_size, rng)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+    totals: dict[str, float] = {}
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for step in range(cfg.steps):
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.decay_start)
+        real_a = pair.train_a.images[
+            torch.randint(len(pair.train_a), (cfg.batch_size,), generator=gen)
+        ]
+        real_b = pair.train_b.images[
+            torch.randint(len(pair.train_b), (cfg.batch_size,), generator=gen)
+        ]
+        stats = _step(model, opt_g, opt_d, pool_a, pool_b, real_a, real_b, cfg)
+        for k, v in stats.items():
+            totals[k] = totals.get(k, 0.0) + v
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            count = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
+            line = {"step": step + 1, **{k: round(v / count, 5) for k, v in totals.items()}}
+            line["elapsed_s"] = round(time.perf_counter() - started, 1)
+            history.append(line)
+            totals.clear()
+            write_metrics(out / METRICS_FILE, history)
+            print(json.dumps(line), flush=True)
+        if (step + 1) % cfg.sample_every == 0 or step + 1 == cfg.steps:
+            Image.fromarray(sample_sheet(model, pair)).save(
+                out / SAMPLES_DIR / f"step_{step + 1:06d}.png"
+            )
+    elapsed = time.perf_counter() - started
+    path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+    save_checkpoint(
+        path,
+        {
+            "family": "cyclegan",
+            "model_config": mcfg.to_dict(),
+            "train_config": cfg.to_dict(),
+            "model": model.state_dict(),
+            "step": cfg.steps,
+            "history": history,
+            "elapsed_s": round(elapsed, 1),
+            "cpu_s": round(time.process_time() - cpu_started, 1),
+            "domains": [pair.name_a, pair.name_b],
+            "class_names": pair.train_a.class_names,
+        },
+    )
+    return path
+
+
+def _step(
+    model: CycleGAN,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    pool_a: ImagePool,
+    pool_b: ImagePool,
+    real_a: torch.Tensor,
+    real_b: torch.Tensor,
+    cfg: CycleTrainConfig,
+) -> dict[str, float]:
+    """One generator step (both G) and one discriminator step (both D)."""
+    for p in (*model.d_a.parameters(), *model.d_b.parameters()):
+        p.requires_grad_(False)
+    fake_b = model.g_ab(real_a)
+    fake_a = model.g_ba(real_b)
+    adv = _lsgan(model.d_b(fake_b), True) + _lsgan(model.d_a(fake_a), True)
+    cycle = F.l1_loss(model.g_ba(fake_b), real_a) + F.l1_loss(model.g_ab(fake_a), real_b)
+    identity = F.l1_loss(model.g_ab(real_b), real_b) + F.l1_loss(model.g_ba(real_a), real_a)
+    loss_g = adv + cfg.lambda_cycle * cycle + cfg.lambda_identity * cfg.lambda_cycle * identity
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    for p in (*model.d_a.parameters(), *model.d_b.parameters()):
+        p.requires_grad_(True)
+    pooled_a, pooled_b = pool_a.query(fake_a), pool_b.query(fake_b)
+    loss_d_a = 0.5 * (_lsgan(model.d_a(real_a), True) + _lsgan(model.d_a(pooled_a), False))
+    loss_d_b = 0.5 * (_lsgan(model.d_b(real_b), True) + _lsgan(model.d_b(pooled_b), False))
+    opt_d.zero_grad(set_to_none=True)
+    (loss_d_a + loss_d_b).backward()
+    opt_d.step()
+    return {
+        "loss_g_adv": float(adv.detach()),
+        "loss_cycle": float(cycle.detach()),
+        "loss_identity": float(identity.detach()),
+        "loss_d_a": float(loss_d_a.detach()),
+        "loss_d_b": float(loss_d_b.detach()),
+    }
+
+
+def load_cyclegan(ckpt_path: str | Path) -> tuple[CycleGAN, dict[str, Any]]:
+    """The trained four networks (eval mode) and the checkpoint they came from."""
+    from training.checkpoint import CheckpointError
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; pass a run's checkpoints/last.pt"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several kinds for a file of the wrong format
+        raise CheckpointError(
+            f"{path} is not a gan-train checkpoint ({type(exc).__name__})"
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("family") != "cyclegan":
+        raise CheckpointError(f"{ckpt_path} is not a CycleGAN checkpoint (gan-train cyclegan)")
+    model = CycleGAN(CycleGANConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    defaults = CycleTrainConfig()
+    for f in fields(CycleTrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        kind = {int: int, float: float}.get(type(default), str)
+        help_text = (
+            "a folder of domain-A images (with --data-b); default: embedded handwritten digits"
+            if f.name == "data_a"
+            else (
+                "a folder of domain-B images (with --data-a); default: embedded typeset digits"
+                if f.name == "data_b"
+                else f.name.replace("_", " ")
+            )
+        )
+        if f.name == "channels":
+            kind = int
+        parser.add_argument(flag, type=kind, default=default, help=help_text)
+    parser.add_argument("--store", help="export the trained model into this model store")
+    parser.add_argument("--name", default="mnist-fonts-cyclegan", help="model name in the store")
+    parser.add_argument(
+        "--no-evaluate", action="store_true", help="skip gan-train evaluate after export"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = CycleTrainConfig(**{f.name: getattr(args, f.name) for f in fields(CycleTrainConfig)})
+    command = "gan-train " + " ".join(sys.argv[1:])
+    ckpt = train_cyclegan(cfg)
+    print(f"checkpoint: {ckpt}")
+    if args.store:
+        from training.cyclegan_export import export_cyclegan
+
+        version_dir = export_cyclegan(ckpt, args.store, args.name, command=command)
+        print(f"exported: {version_dir}")
+        if not args.no_evaluate:
+            from training.translation_eval import evaluate_translator
+
+            result = evaluate_translator(version_dir, threads=cfg.threads)
+            print(json.dumps(result, indent=2))
+    return 0
