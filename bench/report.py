@@ -211,14 +211,15 @@ def _layout(entry: dict[str, Any], quick: bool) -> list[str]:
             f"## Scaling: {name} single images, {rows[0]['concurrency'] if rows else '-'}"
             " connections, against the number of front ends",
             "",
-            "| front ends | req/s | p50 ms | p99 ms | errors | vs 1 front end | CPU ms per request:"
-            " single process or parent | front ends | engine |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| front ends | inference | req/s | p50 ms | p99 ms | errors | vs 1 front end"
+            " | CPU ms per request: single process or parent | front ends | engine |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             cpu = r.get("cpu_ms_per_request") or {}
             out.append(
-                f"| {r['front_ends']} | {_fmt(r['req_per_s'])} | {_fmt(r['p50_ms'], 2)}"
+                f"| {r['front_ends']} | {r.get('inference', '-')} | {_fmt(r['req_per_s'])}"
+                f" | {_fmt(r['p50_ms'], 2)}"
                 f" | {_fmt(r['p99_ms'], 2)} | {r['errors']}"
                 f" | {_fmt(_ratio(r['req_per_s'], base), 2)} | {_fmt(cpu.get('service'), 3)}"
                 f" | {_fmt(cpu.get('gan-serve-http'), 3)}"

@@ -53,8 +53,9 @@ class Plan:
     )
     torchserve_grid_concurrency: int = 64
     torchserve_grid_seconds: float = 2.0
-    # Whole machine: the service's single-image req/s against its number of front ends.
-    scaling_front_ends: tuple[int, ...] = (1, 2)
+    # Whole machine: the service's single-image req/s against its number of front ends and
+    # where batches run (inference: engine = one shared queue, local = per front end).
+    scaling: tuple[tuple[int, str], ...] = ((1, "auto"), (2, "engine"), (2, "local"))
     scaling_concurrency: int = 64
 
 
@@ -262,11 +263,12 @@ def bench_model(model: BenchModel, plan: Plan, ctx: Context) -> dict[str, Any]:
 
 
 def measure_scaling(model: BenchModel, plan: Plan, ctx: Context) -> list[dict[str, Any]]:
-    """Single-image req/s of the service with 1, 2, ... front ends, same load, same cores."""
+    """Single-image req/s of the service with 1, 2, ... front ends, same load, same cores, and
+    the CPU time each kind of process spent per request."""
     rows: list[dict[str, Any]] = []
-    for front_ends in plan.scaling_front_ends:
-        settings = {"GAN_SERVE_WORKERS": str(front_ends)}
-        ctx.log(f"[{model.name}] scaling: {front_ends} front end(s)")
+    for front_ends, inference in plan.scaling:
+        settings = {"GAN_SERVE_WORKERS": str(front_ends), "GAN_SERVE_INFERENCE": inference}
+        ctx.log(f"[{model.name}] scaling: {front_ends} front end(s), inference {inference}")
         with start_service(model, ctx.server_cpus, ctx.threads, ctx.logs, settings) as system:
             single = system.workloads["single"]
             check_answer(system, single)
@@ -294,8 +296,8 @@ def measure_scaling(model: BenchModel, plan: Plan, ctx: Context) -> list[dict[st
         row["cpu_ms_per_request"] = {
             role: round((after[role] - before.get(role, 0.0)) / answered * 1e3, 3) for role in after
         }
-        rows.append({"front_ends": front_ends, **row})
-        ctx.log(_line(f"service x{front_ends}", "single", row))
+        rows.append({"front_ends": front_ends, "inference": inference, **row})
+        ctx.log(_line(f"service x{front_ends} {inference}", "single", row))
     return rows
 
 

@@ -74,6 +74,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.get_running_loop().create_task(registry.load_all())
         app.state.loading = loading
+        if engine_path is not None:
+            # One front end of several: it takes no connection from the shared socket before
+            # its models are ready, so a starting (or restarted) front end never answers 503.
+            await loading
         try:
             yield
         finally:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .batcher import BatcherClosed, DeadlineExceeded, Finish, QueueFull
+from .batcher import BatcherClosed, DeadlineExceeded, Finish, LatentBatcher, QueueFull
 from .ipc import FrameProtocol, ModelInfo
 from .manifest import Manifest
 from .metrics import ServiceMetrics
@@ -300,7 +300,11 @@ class RemoteBatcher:
 
 
 class RemoteRegistry(ModelRegistry):
-    """The registry of a front end whose models run in the engine process."""
+    """The registry of a front end: the engine decides which versions are served (it loads,
+    verifies and warms each one first; its every swap reaches every front end). A model then
+    runs either in the engine (a :class:`RemoteBatcher`: one batch queue for all front ends,
+    as a GPU needs) or, with ``inference`` local (or auto on a CPU), in this front end's own
+    batcher and onnxruntime session, with no IPC per request."""
 
     def __init__(
         self, store: Path, settings: Settings, metrics: ServiceMetrics, engine_path: str
@@ -308,30 +312,75 @@ class RemoteRegistry(ModelRegistry):
         super().__init__(store, settings, metrics)
         self.link = EngineLink(engine_path, self, settings.encode_threads)
         self._link_task: asyncio.Task | None = None
+        self._applying: asyncio.Task | None = None
+
+    def runs_here(self, info: ModelInfo) -> bool:
+        mode = self.settings.inference
+        return mode == "local" or (mode == "auto" and info.provider == "cpu")
 
     async def load_all(self) -> None:
-        """Connect; the engine's state messages fill in the models and the state."""
+        """Connect; return once the engine's first full state is applied here (every model
+        loaded and warmed, or the load failed). State messages keep the models in step."""
         self._loop = asyncio.get_running_loop()
         self._link_task = self._loop.create_task(self.link.run())
+        while self.state == "loading":
+            await asyncio.sleep(0.02)
 
     def apply_state(self, state: str, errors: dict[str, str], infos: list[ModelInfo]) -> None:
+        """Follow the engine's served versions, in the order the engine sent them."""
+        previous = self._applying
+        self._applying = asyncio.get_running_loop().create_task(
+            self._apply(previous, state, errors, infos)
+        )
+
+    async def _apply(
+        self,
+        previous: asyncio.Task | None,
+        state: str,
+        errors: dict[str, str],
+        infos: list[ModelInfo],
+    ) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
         served = {info.name: info for info in infos}
         for name in list(self.models):
             if name not in served:
-                del self.models[name]
+                self._retire_here(self.models.pop(name))
         for info in infos:
             current = self.models.get(info.name)
             if current is None or current.version != info.version:
-                self.models[info.name] = self._model(info)
+                try:
+                    loaded = await self._model(info)
+                except ReloadRefused as exc:  # the engine loaded it; this front end cannot
+                    log.error("%s v%d not loaded here: %s", info.name, info.version, exc)
+                    errors = {**errors, info.name: str(exc)}
+                    state = "failed" if state == "ready" else state
+                    continue
+                self.models[info.name] = loaded
                 self.pinned.pop((info.name, info.version), None)
+                if current is not None:
+                    self._retire_here(current)
             self.metrics.set_model_info(info.name, info.version, info.provider)
         self.load_errors = dict(errors)
         self.state = state
 
+    async def _settled(self) -> None:
+        """Wait until every state the engine sent so far is applied here."""
+        while self._applying is not None and not self._applying.done():
+            await asyncio.gather(self._applying, return_exceptions=True)
+
+    def _retire_here(self, model: LoadedModel) -> None:
+        if isinstance(model.batcher, LatentBatcher):
+            self._retire(model)
+
     def engine_lost(self) -> None:
-        """Not ready until the restarted engine says it has loaded and warmed every model."""
-        self.state = "loading"
-        self.pinned.clear()
+        """Not ready until the restarted engine has loaded and warmed every model again, when
+        requests run there; models running here keep serving."""
+        if any(not isinstance(m.batcher, LatentBatcher) for m in self.models.values()):
+            self.state = "loading"
+        self.pinned = type(self.pinned)(
+            (k, m) for k, m in self.pinned.items() if isinstance(m.batcher, LatentBatcher)
+        )
 
     def unpin(self, name: str, version: int, batcher: RemoteBatcher) -> None:
         """The engine no longer serves this pinned version; ask again on the next request."""
@@ -339,8 +388,12 @@ class RemoteRegistry(ModelRegistry):
         if pinned is not None and pinned.batcher is batcher:
             del self.pinned[(name, version)]
 
-    def _model(self, info: ModelInfo) -> LoadedModel:
+    async def _model(self, info: ModelInfo) -> LoadedModel:
         directory = Path(info.directory)
+        if self.runs_here(info):
+            loaded = await asyncio.to_thread(self._load_version, info.name, info.version, directory)
+            loaded.batcher.start()
+            return loaded
         batcher = RemoteBatcher(
             self.link, info.name, info.version, self.settings.queue_limit, self.metrics
         )
@@ -364,9 +417,10 @@ class RemoteRegistry(ModelRegistry):
 
     async def reload(self, name: str, version: int | None = None) -> tuple[LoadedModel, int | None]:
         info, previous = await self._ask("reload", name, version)
+        await self._settled()  # the engine's state message came before its reply
         current = self.models.get(name)
         if current is None or current.version != info.version:
-            self.models[name] = current = self._model(info)
+            raise ReloadRefused(f"{name} v{info.version} could not be loaded here", "load_failed")
         return current, previous
 
     async def get_version(self, name: str, version: int, may_load: bool = False) -> LoadedModel:
@@ -374,17 +428,25 @@ class RemoteRegistry(ModelRegistry):
         if current.version == version:
             return current
         key = (name, version)
-        if key not in self.pinned:
-            info, _ = await self._ask("pin", name, version, may_load)
-            self.pinned[key] = self._model(info)
+        if key in self.pinned:
+            self.pinned.move_to_end(key)
+            return self.pinned[key]
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if key not in self.pinned:
+                info, _ = await self._ask("pin", name, version, may_load)
+                self.pinned[key] = await self._model(info)
+                while len(self.pinned) > max(1, self.settings.max_pinned_versions):
+                    _, evicted = self.pinned.popitem(last=False)
+                    self._retire_here(evicted)
         return self.pinned[key]
 
     def idle(self) -> bool:
-        return not self.link.tickets
+        loaded = [*self.models.values(), *self.pinned.values()]
+        return not self.link.tickets and all(m.batcher.idle for m in loaded)
 
     async def close(self, timeout: float = 10.0) -> None:
         loaded = [*self.models.values(), *self.pinned.values()]
-        await asyncio.gather(*(m.batcher.close(timeout) for m in loaded))
+        await asyncio.gather(*(m.batcher.close(timeout) for m in loaded), *self._retired)
         self.link.close()
         if self._link_task is not None:
             self._link_task.cancel()

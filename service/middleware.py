@@ -19,6 +19,7 @@ from .lifecycle import Lifecycle
 from .metrics import ServiceMetrics
 
 UNTRACKED = {"/healthz", "/readyz", "/metrics"}
+CLOSE = (b"connection", b"close")
 OnRefusal = Callable[[str, ServiceError], None]  # (path, error): counts the refusal
 
 
@@ -67,6 +68,8 @@ class ServiceMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 answered = True
+                if self.lifecycle.draining:  # no further request on a closing connection
+                    message = {**message, "headers": [*message.get("headers", ()), CLOSE]}
             await send(message)
 
         self.lifecycle.in_flight += 1
@@ -109,9 +112,7 @@ class ServiceMiddleware:
 
     async def _refuse(self, path: str, exc: ServiceError, send: Send) -> None:
         self.on_refusal(path, exc)
-        status, headers, body = render(exc, path)
-        if exc.code == "draining":
-            headers["connection"] = "close"
+        status, headers, body = render(exc, path)  # draining: send adds Connection: close
         raw = [(k.encode(), v.encode()) for k, v in headers.items()]
         raw.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw})

@@ -29,8 +29,14 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=256,
-        description="HTTP front-end processes sharing the port, fed by one inference engine "
+        description="HTTP front-end processes sharing the port, beside one inference engine "
         "process; 0 = one per core; 1 = a single process with its own batcher",
+    )
+    inference: Literal["auto", "engine", "local"] = Field(
+        default="auto",
+        description="with several front ends, where batches run: engine = one batch queue in "
+        "the engine process fed by every front end; local = each front end's own batcher (no "
+        "IPC per request); auto = engine on CUDA, local on the CPU (docs/BENCHMARKS.md)",
     )
     threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
 

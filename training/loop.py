@@ -66,6 +66,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 64  # per process
     lr: float = 2e-4
+    lr_d: float | None = None  # D's learning rate when it differs from G's (TTUR)
     beta1: float = 0.5
     beta2: float = 0.999
     label_smoothing: float = 0.9  # one-sided: target for real images (1.0 disables)

@@ -31,6 +31,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--epochs", type=int, default=d.epochs, help="epochs in all (also with --resume)")
     add("--batch-size", type=int, default=d.batch_size, help="images per step, per process")
     add("--lr", type=float, default=d.lr, help="Adam learning rate of G and D")
+    add("--lr-d", type=float, default=None, help="D's learning rate (default: --lr)")
     add("--beta1", type=float, default=d.beta1, help="Adam beta1")
     add(
         "--label-smoothing",
@@ -76,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_d=args.lr_d,
         beta1=args.beta1,
         label_smoothing=args.label_smoothing,
         ema_decay=args.ema_decay,

@@ -32,6 +32,9 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 # The shipped generator(s); owned by root so the service user can read but never modify them.
 COPY model_store /app/model_store
+# Bound to every interface of the container, so the host and other containers can reach it;
+# admin routes (reload, loading a version) still answer only loopback clients unless an admin
+# token is given (GAN_SERVE_ADMIN_TOKEN, or GAN_SERVE_ADMIN_TOKEN_FILE for a mounted secret).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GAN_SERVE_HOST=0.0.0.0 \

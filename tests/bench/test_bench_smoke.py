@@ -30,7 +30,12 @@ def test_quick_bench_measures_every_system_without_errors(tmp_path: Path) -> Non
     whole, pinned = result["layouts"]["whole"], result["layouts"]["pinned"]
     assert whole["server_cpus"].startswith("all") and pinned["server_cpus"] != pinned["client_cpus"]
     scaling = next(iter(whole["scaling"].values()))
-    assert [r["front_ends"] for r in scaling] == [1, 2]
+    assert [(r["front_ends"], r["inference"]) for r in scaling] == [
+        (1, "auto"),
+        (2, "engine"),
+        (2, "local"),
+    ]
+    assert all(r["cpu_ms_per_request"]["gan-serve-http"] > 0 for r in scaling[1:])
     assert all(r["errors"] == 0 and r["req_per_s"] > 0 for r in scaling)
     (whole_model,) = whole["models"].values()
     assert {r["system"] for r in whole_model["runs"]} == {"service", "naive", "torchserve"}

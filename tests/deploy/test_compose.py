@@ -134,3 +134,33 @@ def test_torchserve_profile_serves_the_mar(tmp_path):
     config = (DEPLOY / "torchserve" / "config.properties").read_text()
     assert "load_models=mnist-cdcgan.mar" in config
     assert "model_store=/home/model-server/model-store" in config
+
+
+def test_nothing_privileged_is_published(tmp_path):
+    """Grafana needs a password set by the user, Prometheus has no lifecycle API and, like
+    Grafana, is published on loopback only; nginx (the public port) does not proxy reload or
+    /metrics."""
+    refused = run_compose(tmp_path, "-f", str(COMPOSE_FILE), "config", grafana_password=None)
+    assert refused.returncode != 0 and "GF_ADMIN_PASSWORD" in refused.stderr
+    services = resolved(tmp_path, "-f", str(COMPOSE_FILE))["services"]
+    grafana = services["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "compose-test-password"
+    assert not any("lifecycle" in arg for arg in services["prometheus"]["command"])
+    for name in ("prometheus", "grafana"):
+        assert all(p.get("host_ip") == "127.0.0.1" for p in services[name]["ports"]), name
+    nginx = (DEPLOY / "nginx" / "nginx.compose.conf").read_text()
+    assert "location ~ ^/v1/models/[^/]+/reload$" in nginx and "location = /metrics" in nginx
+
+
+def test_shipped_torchserve_configs_keep_management_off_the_network():
+    for path in (
+        DEPLOY / "kserve" / "config" / "config.properties",
+        DEPLOY / "torchserve" / "config.properties",
+    ):
+        settings = dict(
+            line.split("=", 1)
+            for line in path.read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        )
+        assert settings["management_address"].startswith("http://127.0.0.1:"), path
+        assert settings.get("enable_model_api", "false") == "false", path

@@ -48,8 +48,16 @@ def compose_command(tmp: Path) -> tuple[list[str], dict[str, str]]:
     return [docker, "compose"], env
 
 
-def run_compose(tmp: Path, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+GRAFANA_PASSWORD = "compose-test-password"  # what a user must set (GF_ADMIN_PASSWORD)
+
+
+def run_compose(
+    tmp: Path, *args: str, cwd: Path = ROOT, grafana_password: str | None = GRAFANA_PASSWORD
+) -> subprocess.CompletedProcess[str]:
     cmd, env = compose_command(tmp)
+    env.pop("GF_ADMIN_PASSWORD", None)
+    if grafana_password is not None:
+        env["GF_ADMIN_PASSWORD"] = grafana_password
     return subprocess.run(
         [*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )

@@ -19,13 +19,19 @@ import numpy as np
 import pytest
 
 from service.__main__ import ENV_ONLY, parse_settings, settings_parser
-from service.settings import Settings
+from service.settings import Settings, usable_cores
 from tests.service.conftest import metric_value
 from tests.support.server import REPO_ROOT, ServiceProcess
 from tests.support.tiny_model import write_tiny_model
 
 GEN = "/v1/models/tiny/generate"
-TWO = ("--workers", "2", "--threads", "1")
+TWO = ("--workers", "2", "--threads", "1", "--inference", "engine")
+# Both ways batches can run with two front ends: in the engine, or in each front end.
+MODES = pytest.mark.parametrize(
+    "two",
+    [TWO, ("--workers", "2", "--threads", "1", "--inference", "local")],
+    ids=["engine", "local"],
+)
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +63,11 @@ def wait_for(predicate, timeout: float = 20.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+def serving(svc: ServiceProcess, front_ends: int = 2) -> None:
+    """Wait until every front end takes connections (each does once its models are ready)."""
+    wait_for(lambda: svc.log_text().count("Application startup complete") >= front_ends, 60)
+
+
 def queued(svc: ServiceProcess) -> float:
     """Images queued in the engine, as any front end's /metrics shows them."""
     return metric_value(fresh_get(svc.url, "/metrics").text, "gan_serve_queue_depth_images")
@@ -67,9 +78,11 @@ def refusals(svc: ServiceProcess, reason: str) -> float:
     return metric_value(text, "gan_serve_refusals_total", reason=reason)
 
 
-def test_front_ends_share_one_engine_and_one_set_of_metrics(tmp_path) -> None:
+@MODES
+def test_front_ends_share_one_port_and_one_set_of_metrics(tmp_path, two) -> None:
     write_tiny_model(tmp_path, "tiny", 1, image_size=32)
-    with ServiceProcess(tmp_path, *TWO) as svc:
+    with ServiceProcess(tmp_path, *two) as svc:
+        serving(svc)
         seeds = list(range(60))
         with ThreadPoolExecutor(12) as pool:
             answers = list(
@@ -138,9 +151,11 @@ def test_queue_limit_deadline_and_client_disconnect_reach_the_engine(tmp_path) -
         assert metric_value(text, "gan_serve_images_generated_total") == before + 48
 
 
-def test_reload_and_pinned_versions_reach_every_front_end(tmp_path) -> None:
+@MODES
+def test_reload_and_pinned_versions_reach_every_front_end(tmp_path, two) -> None:
     write_tiny_model(tmp_path, "tiny", 1)
-    with ServiceProcess(tmp_path, *TWO) as svc:
+    with ServiceProcess(tmp_path, *two) as svc:
+        serving(svc)
         body = {"seed": 4, "n": 2, "format": "npy"}
         v1 = fresh_post(svc.url, GEN, json=body).content
         write_tiny_model(tmp_path, "tiny", 2)
@@ -180,10 +195,12 @@ def test_a_crashed_engine_fails_its_requests_with_503_and_comes_back(tmp_path) -
         assert "engine (pid" in svc.log_text() and "starting it again" in svc.log_text()
 
 
-def test_sigterm_drains_every_front_end_without_a_failed_request(tmp_path) -> None:
+@MODES
+def test_sigterm_drains_every_front_end_without_a_failed_request(tmp_path, two) -> None:
     write_tiny_model(tmp_path, "tiny", 1, image_size=32, work=20000)
-    svc = ServiceProcess(tmp_path, *TWO, "--max-batch-size", "16", "--drain-grace-s", "1")
+    svc = ServiceProcess(tmp_path, *two, "--max-batch-size", "16", "--drain-grace-s", "1")
     with svc:
+        serving(svc)
         with ThreadPoolExecutor(8) as pool:
             calls = [
                 pool.submit(fresh_post, svc.url, GEN, json={"n": 32, "seed": i, "format": "npy"})
@@ -249,3 +266,16 @@ def test_every_setting_has_a_flag_with_its_default() -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse_settings(["--port", "70000"])
     assert exit_info.value.code == 2
+
+
+def test_front_ends_default_to_the_cores_a_container_may_use(tmp_path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cores = len(os.sched_getaffinity(0))
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(cpu_max) == cores
+    cpu_max.write_text("50000 100000\n")  # half a core: still one front end
+    assert usable_cores(cpu_max) == 1
+    cpu_max.write_text(f"{(cores + 3) * 100000} 100000\n")  # a quota above the affinity
+    assert usable_cores(cpu_max) == cores
+    assert usable_cores(tmp_path / "absent") == cores
+    assert Settings(workers=3).front_ends() == 3

@@ -95,7 +95,7 @@ class Family:
         betas = (train_cfg.beta1, train_cfg.beta2)
         return (
             torch.optim.Adam(g.parameters(), lr=train_cfg.lr, betas=betas),
-            torch.optim.Adam(d.parameters(), lr=train_cfg.lr, betas=betas),
+            torch.optim.Adam(d.parameters(), lr=train_cfg.lr_d or train_cfg.lr, betas=betas),
         )
 
     def d_loss(

@@ -397,7 +397,7 @@ class ProGAN(Family):
         betas = (train_cfg.beta1, 0.99)
         return (
             torch.optim.Adam(g.parameters(), lr=train_cfg.lr, betas=betas),
-            torch.optim.Adam(d.parameters(), lr=train_cfg.lr, betas=betas),
+            torch.optim.Adam(d.parameters(), lr=train_cfg.lr_d or train_cfg.lr, betas=betas),
         )
 
     def schedule(self, cfg: ProGANConfig, batch_size: int) -> GrowthSchedule:
