@@ -73,3 +73,59 @@ def test_gan_sample_translates_a_folder(translator_service, tmp_path: Path, caps
     assert np.array_equal(written, 255 - x[2, :, :, 0])
     assert sample_main(args) == 0
     assert "wrote 0 translated images, 3 already there" in capsys.readouterr().out
+
+
+CORNER_PIXEL = """async img => {
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const ctx = c.getContext('2d');
+  ctx.drawImage(img, 0, 0);
+  const d = ctx.getImageData(0, 0, c.width, c.height).data;
+  let centre = 0;
+  for (let y = 3; y < 5; y++) for (let x = 3; x < 5; x++) centre += d[(y * c.width + x) * 4];
+  return [d[0], centre / 4];
+}"""
+
+
+@pytest.mark.slow
+def test_playground_draw_and_translate_in_chromium(translator_service) -> None:
+    """Draw a stroke through the centre of the canvas; the inverting model answers a light
+    image with a dark centre (A->B), B->A gives the drawing back (dark corner, light centre)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.interop.test_playground import CHROMIUM
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{translator_service.url}/")
+            page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+            assert page.is_visible("#translate-panel") and not page.is_visible("#samples-panel")
+            box = page.locator("#sketch").bounding_box()
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            for dy in (-24, -12, 0, 12, 24):  # a band about a quarter of the canvas high
+                page.mouse.move(cx - 60, cy + dy)
+                page.mouse.down()
+                page.mouse.move(cx + 60, cy + dy, steps=6)
+                page.mouse.up()
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#translated');"
+                " return i.dataset.direction === 'A->B' && i.complete && i.naturalWidth === 8; }"
+            )
+            corner, centre = page.eval_on_selector("#translated", CORNER_PIXEL)
+            assert corner == 255 and centre < 128
+            page.select_option("#direction", "B->A")
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#translated');"
+                " return i.dataset.direction === 'B->A' && i.complete && i.naturalWidth === 8; }"
+            )
+            corner, centre = page.eval_on_selector("#translated", CORNER_PIXEL)
+            assert corner == 0 and centre > 128
+            assert errors == []
+        finally:
+            browser.close()
