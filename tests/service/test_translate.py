@@ -155,6 +155,7 @@ def test_routes_refuse_the_other_kind(store: Path) -> None:
                     content=png(digit(6)),
                     headers={"content-type": "image/png"},
                 ),
+                await client.get("/v1/models"),
                 await client.post(
                     URL + "?direction=C->D",
                     content=png(digit(6)),
@@ -162,7 +163,9 @@ def test_routes_refuse_the_other_kind(store: Path) -> None:
                 ),
             )
 
-    generate_post, generate_get, translate_tiny, bad_direction = run(go())
+    generate_post, generate_get, translate_tiny, listing, bad_direction = run(go())
+    kinds = {m["name"]: m["kind"] for m in listing.json()["models"]}
+    assert kinds == {"flip": "image-to-image", "tiny": "noise-to-image"}
     for answer in (generate_post, generate_get, translate_tiny):
         assert answer.status_code == 422, answer.text
         assert answer.json()["error"]["code"] == "wrong_model_kind"
