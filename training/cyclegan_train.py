@@ -51,7 +51,7 @@ class CycleTrainConfig:
     ngf: int = 16
     ndf: int = 32
     n_blocks: int = 3
-    steps: int = 1500
+    steps: int = 1200
     batch_size: int = 8  # the paper: 1
     lr: float = 2e-4
     beta1: float = 0.5
