@@ -148,3 +148,11 @@ def test_tiny_run_exports_one_graph_with_parity(tmp_path: Path) -> None:
         to_a = to_uint8_nhwc(model.g_ba(torch.cat([x[1:2]])))
     assert np.abs(out[0].astype(int) - to_b[0]).max() <= 1  # row 0: direction 0, A->B
     assert np.abs(out[1].astype(int) - to_a[0]).max() <= 1  # row 1: direction 1, B->A
+
+
+def test_torchserve_archive_refuses_an_image_to_image_model(tmp_path: Path) -> None:
+    from training.torchserve_archive import build_mar
+
+    directory = write_tiny_translator(tmp_path, "flip")
+    with pytest.raises(ValueError, match="image-to-image"):
+        build_mar(directory, tmp_path / "flip.mar")
