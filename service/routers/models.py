@@ -21,6 +21,7 @@ def model_info(model: LoadedModel, registry: ModelRegistry) -> dict:
         "versions": sorted(registry.versions_on_disk(model.name)),
         "loaded_versions": registry.loaded_versions(model.name),
         "provider": model.provider,
+        "kind": m.kind,
         "conditional": m.conditional,
         "num_classes": m.num_classes,
         "class_names": m.class_names,
