@@ -187,13 +187,14 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         chunks = torch.split(z, self.cfg.z_chunks, dim=1)
+        y = None
+        if self.cfg.num_classes:
+            if label is None:
+                raise ValueError("a conditional generator needs labels")
+            y = self.shared(label)  # shared_dim: one lookup, shared by every block
         x = self.linear(chunks[0]).view(-1, self.cfg.g_widths[0], 4, 4)  # w0 x 4 x 4
         for i, block in enumerate(self.blocks):
-            cond = chunks[i + 1]
-            if self.cfg.num_classes:
-                if label is None:
-                    raise ValueError("a conditional generator needs labels")
-                cond = torch.cat([self.shared(label), cond], dim=1)  # shared_dim + chunk
+            cond = chunks[i + 1] if y is None else torch.cat([y, chunks[i + 1]], dim=1)
             x = block(x, cond)  # w_{i+1} x 2r x 2r
             if str(i) in self.attention:
                 x = self.attention[str(i)](x)
