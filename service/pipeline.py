@@ -304,6 +304,24 @@ def plan_tensors(
     return Inputs(np.ascontiguousarray(z, dtype=np.float32), labels, None)
 
 
+def plan_text_tensors(
+    ctx: ServiceContext, model: LoadedModel, z: np.ndarray, captions: list[str]
+) -> Inputs:
+    """Given latents and captions (``/v2``): z float32 [n, nz], one caption or n."""
+    m = model.manifest
+    if z.ndim != 2 or z.shape[1] != m.nz:
+        raise bad_input("z", f"input 'z' must have shape [n, {m.nz}], got {list(z.shape)}")
+    n = z.shape[0]
+    if not 1 <= n <= ctx.settings.max_images_per_request:
+        limit = ctx.settings.max_images_per_request
+        raise bad_input("z", f"input 'z' has batch size {n}; allowed 1..{limit}", "out_of_range")
+    if not np.isfinite(z).all():
+        raise bad_input("z", "input 'z' must hold finite numbers")
+    tokens = caption_tokens(model, captions, n)
+    check_room(model, n)
+    return Inputs(np.ascontiguousarray(z, dtype=np.float32), tokens, None)
+
+
 def deadline(ctx: ServiceContext, timeout_s: float | None = None) -> float:
     """A ``time.monotonic()`` instant: the request's own timeout, else the default."""
     return time.monotonic() + (ctx.settings.request_timeout_s if timeout_s is None else timeout_s)

@@ -58,7 +58,7 @@ class StackTrainConfig:
     steps: int = 3000
     minutes: float = 14.0  # wall-clock limit
     cpu_minutes: float = 12.0  # this process's CPU time: the same on a busy machine
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 2e-4
     beta1: float = 0.5
     kl_weight: float = 1.0  # the paper's lambda
@@ -140,8 +140,9 @@ def train(cfg: StackTrainConfig) -> tuple[StackGenerator, dict[str, Any]]:
         ones, zeros = torch.ones(cfg.batch_size), torch.zeros(cfg.batch_size)
         loss_d = torch.zeros(())
         for d, real, fake in ((d1, real1, out["low"]), (d2, real2, out["high"])):
-            loss_d = loss_d + bce(d(real, text), ones)
-            loss_d = loss_d + cfg.mismatch_weight * bce(d(real, text[wrong]), zeros)
+            h = d.image(real)  # one pass over the real images serves both captions
+            loss_d = loss_d + bce(d.judge(h, text), ones)
+            loss_d = loss_d + cfg.mismatch_weight * bce(d.judge(h, text[wrong]), zeros)
             loss_d = loss_d + cfg.mismatch_weight * bce(d(fake.detach(), text), zeros)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()

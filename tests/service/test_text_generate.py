@@ -124,3 +124,33 @@ def test_tokenizer_pads_and_names_unknown_words() -> None:
     with pytest.raises(CaptionError) as caught:
         vocab.encode("a <pad> zebra")
     assert caught.value.unknown == ["<pad>", "zebra"]
+
+
+def test_open_inference_protocol_takes_captions(store: Path) -> None:
+    z = [[0.5] * 4, [-0.5] * 4]
+
+    def body(text: list[str]) -> dict:
+        return {
+            "inputs": [
+                {"name": "z", "datatype": "FP32", "shape": [2, 4], "data": z},
+                {"name": "text", "datatype": "BYTES", "shape": [len(text)], "data": text},
+            ]
+        }
+
+    async def go():
+        async with running_app(store) as (_, client):
+            return (
+                await client.get("/v2/models/words"),
+                await client.post("/v2/models/words/infer", json=body(["a thin one", "seven"])),
+                await client.post("/v2/models/words/infer", json=body(["a zebra"])),
+                await client.post("/v2/models/words/infer", json=body(["one", "two", "six"])),
+            )
+
+    meta, ok, unknown, too_many = run(go())
+    assert {"name": "text", "datatype": "BYTES", "shape": [-1]} in meta.json()["inputs"]
+    assert ok.status_code == 200, ok.text
+    pixels = np.array(ok.json()["outputs"][0]["data"], np.uint8).reshape(2, 8, 8, 1)
+    want = tiny_pixels(np.array(z, np.float32), np.array([[1, 3, 4, 0], [5, 0, 0, 0]]))
+    assert np.array_equal(pixels[:, 0, 0, 0], want)
+    assert unknown.status_code == 400 and "zebra" in unknown.json()["error"]
+    assert too_many.status_code == 400 and "n=2" in too_many.json()["error"]

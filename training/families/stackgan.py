@@ -31,7 +31,7 @@ class StackGANConfig:
     text_dim: int = 64  # caption embedding
     c_dim: int = 16  # CA text code
     noise_dim: int = 32  # noise part of z; z = [noise, eps] has noise_dim + c_dim values
-    ngf: int = 64
+    ngf: int = 32
     ndf: int = 32
     channels: int = 1
 
@@ -179,7 +179,10 @@ class MatchingDiscriminator(nn.Module):
         )
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        h = self.image(image)
+        return self.judge(self.image(image), text)
+
+    def judge(self, h: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Image features [N, ch, 4, 4] + caption embeddings -> logits [N]."""
         t = F.leaky_relu(self.text(text), 0.2)[:, :, None, None].expand(-1, -1, 4, 4)
         return self.joint(torch.cat([h, t], 1)).view(-1)
 
