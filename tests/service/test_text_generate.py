@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -154,3 +155,22 @@ def test_open_inference_protocol_takes_captions(store: Path) -> None:
     assert np.array_equal(pixels[:, 0, 0, 0], want)
     assert unknown.status_code == 400 and "zebra" in unknown.json()["error"]
     assert too_many.status_code == 400 and "n=2" in too_many.json()["error"]
+
+
+def test_client_sends_captions(store: Path) -> None:
+    from ganclient import AsyncGanClient
+
+    async def go():
+        async with running_app(store) as (app, _):
+            transport = httpx.ASGITransport(app=app)
+            async with AsyncGanClient("http://localhost", "words", transport=transport) as client:
+                return (
+                    await client.generate(3, seed=2, text="a thick seven"),
+                    await client.generate(2, seed=2, text=["one", "seven"]),
+                )
+
+    same, each = run(go())
+    z = latents_from_seeds([2, 3, 4], 4)
+    assert np.array_equal(same[:, 0, 0, 0], tiny_pixels(z, np.tile([[1, 2, 5, 0]], (3, 1))))
+    want = tiny_pixels(z[:2], np.array([[4, 0, 0, 0], [5, 0, 0, 0]]))
+    assert np.array_equal(each[:, 0, 0, 0], want)
