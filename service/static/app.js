@@ -275,6 +275,42 @@ function drawChart() {
   line("p95", maxLatency, "#c53030");
 }
 
+// --- text to image ------------------------------------------------------------------------
+
+const TEXT_TILES = 8;
+
+function isTextModel(model) {
+  return Boolean(model && model.kind === "text-to-image");
+}
+
+async function loadText() {
+  const params = {
+    model: state.model,
+    text: $("caption").value,
+    seed: Number($("text-seed").value) || 0,
+    n: TEXT_TILES,
+  };
+  try {
+    const body = await api(`/playground/api/text?${query(params)}`);
+    const grid = $("text-grid");
+    grid.replaceChildren();
+    body.images.forEach((b64, i) => {
+      const img = document.createElement("img");
+      img.src = `data:image/png;base64,${b64}`;
+      img.alt = `"${body.text}", seed ${body.seeds[i]}`;
+      img.title = img.alt;
+      grid.appendChild(img);
+    });
+    $("text-caption").textContent =
+      `"${body.text}", seeds ${body.seeds[0]}–${body.seeds[body.seeds.length - 1]}, ` +
+      `version ${body.version}`;
+    showError(null);
+  } catch (err) {
+    $("text-grid").replaceChildren();
+    showError(err);
+  }
+}
+
 // --- wiring -------------------------------------------------------------------------------
 
 async function selectModel(name) {
@@ -285,6 +321,15 @@ async function selectModel(name) {
     ? `v${m.version} · ${m.image_size}×${m.image_size}×${m.channels} · ` +
       (m.num_classes ? `${m.num_classes} classes` : "unconditional")
     : "";
+  const text = isTextModel(m);
+  $("text-panel").hidden = !text;
+  $("samples-panel").hidden = text;
+  $("interp-panel").hidden = text;
+  if (text) {
+    $("text-words").textContent = `words: ${m.vocabulary.join(" ")}`;
+    await loadText();
+    return;
+  }
   renderClassButtons();
   await Promise.all([loadSamples(), loadInterpolation()]);
 }
@@ -306,6 +351,10 @@ async function init() {
     loadSamples();
   });
   $("interp-load").addEventListener("click", loadInterpolation);
+  $("text-generate").addEventListener("click", loadText);
+  $("caption").addEventListener("keydown", (e) => {
+    if (e.key === "Enter") loadText();
+  });
   $("interp-slider").addEventListener("input", showFrame);
   if (state.models.length) await selectModel(state.models[0].name);
   else showError("no models are loaded");
