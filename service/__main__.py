@@ -45,6 +45,7 @@ def settings_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gan-serve",
         description=__doc__.splitlines()[0],
+        allow_abbrev=False,  # else --admin-token would pass as --admin-token-file's prefix
         epilog="Every flag can also be set as GAN_SERVE_<NAME> in the environment; "
         "a flag wins over the environment.",
     )
