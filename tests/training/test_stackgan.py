@@ -80,3 +80,15 @@ def test_padding_does_not_change_the_caption() -> None:
     short = g(torch.tensor([[1, 2, 0, 0]]), z)["high"]
     assert torch.equal(short, g(torch.tensor([[1, 2, 0, 0]]), z)["high"])
     assert not torch.equal(short, g(torch.tensor([[1, 3, 0, 0]]), z)["high"])
+
+
+def test_attribute_agreement_reads_the_caption_words() -> None:
+    from training.text_eval import agreement, caption_words
+
+    assert caption_words("a thick slanted seven") == {"thickness": "thick", "slant": "slanted"}
+    images = (np.stack([stroke(5, 0.5), stroke(1, 0.0)]) * 255).astype(np.uint8)[..., None]
+    right = agreement(images, ["a thick slanted one", "a thin upright one"])
+    wrong = agreement(images, ["a thin upright one", "a thick one"])
+    assert right["thickness"]["agree"] == 1.0 and right["slant"]["agree"] == 1.0
+    assert wrong["thickness"]["agree"] == 0.0 and wrong["slant"]["captions"] == 1
+    assert wrong["slant"]["agree"] == 0.0
