@@ -61,7 +61,7 @@ class StackTrainConfig:
     batch_size: int = 32
     lr: float = 2e-4
     beta1: float = 0.5
-    kl_weight: float = 1.0  # the paper's lambda
+    kl_weight: float = 0.5  # the paper's lambda is 1
     mismatch_weight: float = 0.5  # (real, wrong caption) and (fake, caption) share the fake half
     seed: int = 0
     threads: int = 1
@@ -115,9 +115,11 @@ def train(cfg: StackTrainConfig) -> tuple[StackGenerator, dict[str, Any]]:
     data = captioned(train_split, vocab)
     mcfg = StackGANConfig(vocab_size=vocab.size, max_tokens=vocab.max_tokens)
     g = StackGenerator(mcfg)
+    g.text.requires_grad_(False)  # a fixed encoder, as the paper's pre-trained one
     d1, d2 = MatchingDiscriminator(mcfg, 16), MatchingDiscriminator(mcfg, 32)
     betas = (cfg.beta1, 0.999)
-    opt_g = torch.optim.Adam(g.parameters(), cfg.lr, betas=betas)
+    trained = [p for p in g.parameters() if p.requires_grad]
+    opt_g = torch.optim.Adam(trained, cfg.lr, betas=betas)
     opt_d = torch.optim.Adam([*d1.parameters(), *d2.parameters()], cfg.lr, betas=betas)
     bce = F.binary_cross_entropy_with_logits
     started, cpu_started = time.time(), time.process_time()
