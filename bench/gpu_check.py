@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -32,12 +33,24 @@ from typing import Any
 
 import numpy as np
 
-from bench.ceiling import model_feeds, time_calls
 from bench.closed_loop import LoadClient
 from bench.procs import LOOPBACK, ServerProcess, free_port, http_text
-from bench.systems import service_workloads
-from service.manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
-from service.settings import usable_cores
+
+# The service's model contract needs its dependencies (pydantic, ...), which a bare GPU host
+# lacks until --wheels brings them: without them the steps that need the contract say so, and
+# the environment and training steps still run.
+SERVICE_IMPORT_ERROR: str | None = None
+try:
+    from bench.ceiling import model_feeds, time_calls
+    from bench.systems import service_workloads
+    from service.manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
+    from service.settings import usable_cores
+except ImportError as exc:
+    SERVICE_IMPORT_ERROR = f"the service's modules do not import ({exc}): pass --wheels DIR"
+
+    def usable_cores() -> int:
+        return len(os.sched_getaffinity(0))
+
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -87,7 +100,8 @@ class Plan:
     connections: dict[str, tuple[int, ...]]  # per workload, GPU service
     cpu_connections: dict[str, tuple[int, ...]]  # per workload, CPU service
     min_seconds: float  # per in-process timing
-    point_seconds: float  # most seconds of load per grid point
+    point_seconds: float  # most seconds of load counted per grid point
+    warmup_seconds: float  # load before each point's count starts
     train_steps: int
     client_processes: int
     training_reserve_s: float  # kept from the service steps for the three training steps
@@ -106,6 +120,7 @@ class Plan:
                 cpu_connections={"single": (1, 16), "bulk": (4,)},
                 min_seconds=0.05,
                 point_seconds=0.5,
+                warmup_seconds=0.2,
                 train_steps=2,
                 client_processes=2,  # the multi-process client runs too
                 training_reserve_s=40.0,
@@ -124,6 +139,7 @@ class Plan:
             cpu_connections={"single": (1, 64, 256, 1024), "bulk": (1, 64)},
             min_seconds=0.2,
             point_seconds=1.0,
+            warmup_seconds=0.5,
             train_steps=30,
             client_processes=max(1, min(4, cores // 4)),
             training_reserve_s=100.0,
@@ -149,7 +165,8 @@ class Context:
     started: float
     steps: dict[str, StepResult] = field(default_factory=dict)
     models: dict[str, Path] = field(default_factory=dict)  # name -> version dir
-    cuda_device: str | None = None  # why there is none, when there is none: see environment
+    # Why there is no CUDA device (None: there is one); set first thing by the environment step.
+    cuda_device: str | None = "not known: the environment step did not run"
 
     @property
     def logs(self) -> Path:
@@ -238,11 +255,20 @@ def cuda_device_present() -> str | None:
 # --- steps --------------------------------------------------------------------------------------
 
 
-def step_environment(ctx: Context) -> dict[str, Any]:
-    """Versions, the CUDA libraries onnxruntime can load, and what the service needs to import."""
+def _importable(module: str) -> bool:
     import importlib.util
 
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def step_environment(ctx: Context) -> dict[str, Any]:
+    """Versions, the CUDA libraries onnxruntime can load, and what the service needs to import."""
     import onnxruntime as ort
+
+    ctx.cuda_device = cuda_device_present()
 
     data: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -253,9 +279,8 @@ def step_environment(ctx: Context) -> dict[str, Any]:
         "available_providers": ort.get_available_providers(),
         "ld_library_path": [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p],
     }
-    missing = [m for m in SERVICE_DEPENDENCIES if importlib.util.find_spec(m) is None]
+    missing = [m for m in SERVICE_DEPENDENCIES if not _importable(m)]
     data["service_imports_missing"] = missing
-    ctx.cuda_device = cuda_device_present()
     data["cuda_device"] = ctx.cuda_device or "present"
     if shutil.which("nvidia-smi"):
         done = subprocess.run(
@@ -293,6 +318,8 @@ def step_environment(ctx: Context) -> dict[str, Any]:
 def step_models(ctx: Context) -> dict[str, Any]:
     """The models under test, prepared in a child process: exporting one imports torch, whose
     CUDA libraries would otherwise be loaded here and hide a library path the service lacks."""
+    if SERVICE_IMPORT_ERROR:
+        raise RuntimeError(SERVICE_IMPORT_ERROR)
     script = (
         "import json, sys; from pathlib import Path; from bench.models import resolve_model; "
         "work = Path(sys.argv[1]); models = [resolve_model(s, work) for s in sys.argv[2:]]; "
@@ -542,6 +569,9 @@ def measure_service(
     manifests = {name: Manifest.load(d) for name, d in ctx.models.items()}
     settings = {
         "GAN_SERVE_DEVICE": device,
+        # The service's default, said here so the report shows it: one engine batch queue on
+        # CUDA fed by every front end, each front end's own batcher on the CPU.
+        "GAN_SERVE_INFERENCE": "auto",
         "GAN_SERVE_LOG_LEVEL": "warning",
         # Room for every connection's request in the queue: 1024 x 64 images.
         "GAN_SERVE_QUEUE_LIMIT": "131072",
@@ -555,10 +585,17 @@ def measure_service(
     left = ctx.seconds_left() - ctx.plan.training_reserve_s
     share = left / 2 if device == "cuda" and not ctx.plan.quick else left
     start_cost = 8.0 if not ctx.plan.quick else 3.0
-    point_s = max(0.3, min(ctx.plan.point_seconds, (share - len(front_ends) * start_cost) / points))
+    warmup = ctx.plan.warmup_seconds
+    per_point = (share - len(front_ends) * start_cost) / points - warmup
+    point_s = max(0.3, min(ctx.plan.point_seconds, per_point))
     step_deadline = time.monotonic() + share
     rows: list[dict[str, Any]] = []
-    data: dict[str, Any] = {"settings": settings, "point_seconds": point_s, "rows": rows}
+    data: dict[str, Any] = {
+        "settings": settings,
+        "point_seconds": point_s,
+        "warmup_seconds": warmup,
+        "rows": rows,
+    }
     with LoadClient(ctx.plan.client_processes) as client:
         for count in front_ends:
             if time.monotonic() > step_deadline:
@@ -580,7 +617,9 @@ def measure_service(
                             if time.monotonic() > step_deadline:
                                 rows.append({**row, "concurrency": conns, "skipped": "time budget"})
                                 continue
-                            result = client.run(url, workload, conns, point_s, timeout_s=60.0)
+                            result = client.run(
+                                url, workload, conns, point_s, timeout_s=60.0, warmup_s=warmup
+                            )
                             rows.append({**row, **result})
     return data
 
@@ -593,12 +632,15 @@ def _started_service(store: Path, env: dict[str, str], log: Path) -> Iterator[st
     url = f"http://{LOOPBACK}:{port}"
     command = [sys.executable, "-m", "service", "--host", LOOPBACK, "--port", str(port)]
     command += ["--model-store", str(store)]
+    server = ServerProcess(command, url + "/readyz", log, None, env, start_timeout=120)
     try:
-        server = ServerProcess(command, url + "/readyz", log, None, env, start_timeout=120)
         server.__enter__()
     except (RuntimeError, TimeoutError) as exc:
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
         raise RuntimeError(f"{exc}: {tail}") from exc
+    except BaseException:  # stopped while it starts: it must not outlive the check
+        server.stop()
+        raise
     try:
         yield url
     finally:
@@ -791,29 +833,38 @@ def run_step(ctx: Context, name: str, function: Callable[[Context], dict[str, An
             )
     result.seconds = round(time.monotonic() - started, 2)
     ctx.steps[name] = result
-    print(f"gpu_check: {name}: {result.status} in {result.seconds:.1f} s {result.reason}"[:400])
+    line = f"gpu_check: {name}: {result.status} in {result.seconds:.1f} s {result.reason}"
+    print(line[:400], flush=True)
     return result
 
 
 def run_check(out_dir: Path, plan: Plan, work: Path) -> dict[str, Any]:
-    """Every step in order, then results.json, report.md, the plot and the logs archive."""
+    """Every step in order, then results.json, report.md, the plot and the logs archive; a run
+    stopped part-way (SIGTERM, Ctrl-C) still writes them for the steps that finished."""
     from bench.gpu_report import write_outputs
 
     out_dir.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     ctx = Context(plan=plan, out_dir=out_dir, work=work, started=time.monotonic())
-    for name, function in STEPS:
-        run_step(ctx, name, function)
-    results = {
-        "when_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "quick": plan.quick,
-        "plan": asdict(plan),
-        "total_seconds": round(time.monotonic() - ctx.started, 2),
-        "steps": {name: asdict(step) for name, step in ctx.steps.items()},
-    }
-    write_outputs(results, out_dir)
-    with tarfile.open(out_dir / "logs.tar.gz", "w:gz") as archive:
-        archive.add(ctx.logs, arcname="logs")
+    interrupted = None
+    try:
+        for name, function in STEPS:
+            run_step(ctx, name, function)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        interrupted = f"stopped by {type(stop).__name__} during the step after the last listed"
+        raise
+    finally:
+        results = {
+            "when_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "quick": plan.quick,
+            "plan": asdict(plan),
+            "total_seconds": round(time.monotonic() - ctx.started, 2),
+            "interrupted": interrupted,
+            "steps": {name: asdict(step) for name, step in ctx.steps.items()},
+        }
+        write_outputs(results, out_dir)
+        with tarfile.open(out_dir / "logs.tar.gz", "w:gz") as archive:
+            archive.add(ctx.logs, arcname="logs")
     return results
 
 
@@ -829,6 +880,9 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the shipped model and dcgan64-rgb; --quick: the shipped one)",
     )
     args = parser.parse_args(argv)
+    # A stop signal unwinds like an error, so every started service is stopped by PID: they run
+    # in their own process sessions, which outlive a killed parent.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plan = Plan.for_host(args.quick, usable_cores())
     if args.models:
         plan = replace(plan, models=tuple(m for m in args.models.split(",") if m))

@@ -60,7 +60,8 @@ def _service_lines(title: str, step: dict[str, Any]) -> list[str]:
     lines = [
         f"## {title}",
         "",
-        f"{step['data'].get('point_seconds', 0):.1f} s per point, closed loop "
+        f"{step['data'].get('point_seconds', 0):.1f} s counted per point after "
+        f"{step['data'].get('warmup_seconds', 0):.1f} s of warm-up, closed loop "
         "(bench/closed_loop.py) on the same host.",
         "",
         "| model | workload | front ends | connections | req/s | images/s | p50 ms | p99 ms "
@@ -117,6 +118,11 @@ def render_report(results: dict[str, Any]) -> str:
         f"({', '.join(env.get('available_providers', []))}), torch {env.get('torch', '?')}, "
         f"GPU: {', '.join(env.get('gpus', [])) or env.get('cuda_device', '?')}.",
         "",
+        *(
+            [f"**Interrupted**: {results['interrupted']}.", ""]
+            if results.get("interrupted")
+            else []
+        ),
         *_step_table(steps),
         "",
         "## Targets",

@@ -11,6 +11,7 @@ the service's own endpoints and in the trainer's sample grids.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import random
 import time
@@ -200,6 +201,33 @@ def retry_delay(response: httpx.Response | None, attempt: int, backoff: float, c
     return min(cap, backoff * (2**attempt)) * (0.5 + random.random() / 2)
 
 
+def translate_parts(images: Any) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """Images to upload to ``/translate`` as multipart file parts: each a path or bytes (sent
+    as they are), a PIL image, or a uint8 array [H, W] / [H, W, C] (both encoded as PNG)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    if isinstance(images, np.ndarray) and images.ndim in (3, 4) and images.dtype == np.uint8:
+        images = list(images) if images.ndim == 4 or images.shape[-1] not in (1, 3, 4) else [images]
+    parts = []
+    for i, image in enumerate(images):
+        if isinstance(image, (str, Path)):
+            data = Path(image).read_bytes()
+        elif isinstance(image, bytes):
+            data = image
+        else:
+            if isinstance(image, np.ndarray):
+                pixels = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
+                image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            data = buffer.getvalue()
+        kind = "image/jpeg" if data.startswith(b"\xff\xd8\xff") else "image/png"
+        parts.append(("images", (f"{i}.img", data, kind)))
+    return parts
+
+
 def to_pil(images: np.ndarray) -> list[Any]:
     """uint8 [n,H,W,C] -> list of PIL images (mode L for one channel, RGB for three)."""
     from PIL import Image
@@ -383,6 +411,24 @@ class GanClient(_Base):
         else:
             images = self.generate_seeds(seeds, plan_labels(seeds, labels, info))
         return to_pil(images) if pil else images
+
+    def translate(
+        self, images: Any, direction: str = "A->B", *, pil: bool = False
+    ) -> np.ndarray | list[Any]:
+        """Images through an image-to-image model (``POST /v1/models/{name}/translate``),
+        ``chunk_size`` per request -> uint8 [n, S, S, C] at the model's size and mode."""
+        parts = translate_parts(images)
+        out = []
+        for chunk in _chunks(len(parts), self.chunk_size):
+            response = self._request(
+                "POST",
+                f"/v1/models/{self.model}/translate",
+                files=parts[chunk],
+                data={"direction": direction, "format": "npy"},
+            )
+            out.append(np.load(io.BytesIO(response.content), allow_pickle=False))
+        result = np.concatenate(out) if len(out) > 1 else out[0]
+        return to_pil(result) if pil else result
 
 
 class AsyncGanClient(_Base):

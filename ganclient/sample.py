@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gan-sample",
         description="Write N generated images as an ImageFolder tree, WebDataset shards or .npz.",
     )
-    p.add_argument("-n", "--num", type=positive_int, required=True, help="number of images")
+    p.add_argument("-n", "--num", type=positive_int, help="number of images (not with --translate)")
     p.add_argument("-o", "--out", required=True, help="output directory (a file for npz)")
     p.add_argument("--layout", choices=LAYOUTS, default="imagefolder")
     p.add_argument("--seed", type=int, default=0, help="base seed: image i uses seed+i")
@@ -344,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--retries", type=int, default=5, help="retries per request on 503/errors")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--translate",
+        metavar="DIR",
+        help="translate this folder's PNG/JPEG files with an image-to-image model into --out",
+    )
+    p.add_argument("--direction", choices=("A->B", "B->A"), default="A->B", help="with --translate")
     return p
 
 
@@ -387,7 +393,12 @@ def explain(exc: Exception, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.translate is not None:
+        return _translate(args)
+    if args.num is None:
+        parser.error("the following arguments are required: -n/--num")
     try:
         with open_source(args) as source:
             report = run_sample(
@@ -405,6 +416,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gan-sample: error: {explain(exc, args)}", file=sys.stderr)
         return 2
     print(f"{report.out}: wrote {report.written} images, {report.skipped} already there")
+    return 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from ganclient.translate_folder import translate_folder
+
+    if args.local:
+        print(
+            "gan-sample: error: --translate needs a running service (no --local)", file=sys.stderr
+        )
+        return 2
+    try:
+        with open_source(args) as client:
+            written, skipped = translate_folder(
+                client, args.translate, args.out, args.direction, args.chunk_size
+            )
+    except (GanServeError, ValueError, OSError) as exc:
+        print(f"gan-sample: error: {explain(exc, args)}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: wrote {written} translated images, {skipped} already there")
     return 0
 
 

@@ -107,6 +107,7 @@ class LatentBatcher:
         self._idle.set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatch_soon = False
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"infer-{model}")
         self._batch_seconds = 0.01  # moving estimate, for Retry-After
         self._depth = metrics.queue_depth.labels(model=model) if metrics is not None else None
@@ -178,7 +179,9 @@ class LatentBatcher:
         self._queue.append(job)
         self._add_queued(n)
         self._idle.clear()
-        self._dispatch()
+        if not self._dispatch_soon:  # once per loop iteration: requests arriving together
+            self._dispatch_soon = True  # share a batch
+            loop.call_soon(self._dispatch)
         return job
 
     def check_room(self, n: int) -> None:
@@ -219,12 +222,14 @@ class LatentBatcher:
     # --- scheduling -----------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Start whatever batches may start now. Runs on the event loop, called directly when a
-        request arrives, a batch ends or a batch-delay timer fires: no scheduler task, so a
-        finished batch is followed by the next one within one loop iteration, however busy
-        the loop is with other work (a flood of refused requests, for one)."""
+        """Start whatever batches may start now. Runs on the event loop: once per loop iteration
+        in which requests arrived (so they share a batch), directly when a batch ends, and when
+        a batch-delay timer fires. No scheduler task: a finished batch is followed by the next
+        one within one loop iteration, however busy the loop is with other work (a flood of
+        refused requests, for one)."""
         loop = self._loop
         assert loop is not None, "start() first"
+        self._dispatch_soon = False
         while self._queue and self._running < self.workers:
             if self._running and self._queued < self.max_batch_size:
                 # Another batch is running: give this one up to max_batch_delay to fill.

@@ -391,6 +391,9 @@ class RemoteRegistry(ModelRegistry):
     async def _model(self, info: ModelInfo) -> LoadedModel:
         directory = Path(info.directory)
         if self.runs_here(info):
+            if info.provider == "cpu" and self.settings.device != "cpu":
+                # The engine found no usable CUDA here: skip the probe in every front end.
+                self.settings = self.settings.model_copy(update={"device": "cpu"})
             loaded = await asyncio.to_thread(self._load_version, info.name, info.version, directory)
             loaded.batcher.start()
             return loaded

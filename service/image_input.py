@@ -52,6 +52,9 @@ def sniff(data: bytes, field: str) -> str:
 def decode(data: bytes, size: int, channels: int, max_pixels: int, field: str) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 [size, size, channels], converted as training did."""
     kind = sniff(data, field)
+    too_large = ServiceError(
+        "image_too_large", f"the image has more than {max_pixels} pixels", field
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -67,6 +70,8 @@ def decode(data: bytes, size: int, channels: int, max_pixels: int, field: str) -
             image.load()
     except ServiceError:
         raise
+    except Image.DecompressionBombError:  # Pillow's own limit, hit while reading the header
+        raise too_large from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Warning) as exc:
         raise ServiceError(
             "broken_image", f"the {kind} image cannot be decoded: {exc}", field

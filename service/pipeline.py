@@ -184,6 +184,30 @@ def _text_or_labels(m: Manifest, model: LoadedModel, body: GenerateRequest, n: i
     return caption_tokens(model, body.text, n)
 
 
+def plan_image_tensors(
+    ctx: ServiceContext, model: LoadedModel, source: np.ndarray, direction: np.ndarray | None
+) -> Inputs:
+    """Given tensors (``/v2``) for an image-to-image model: source uint8 [n, S, S, C] at the
+    model's size and mode, direction int64 [n] of 0 (A->B) or 1 (B->A)."""
+    require_kind(model, translates=True)
+    m = model.manifest
+    want = [m.image_size, m.image_size, m.channels]
+    if source.ndim != 4 or list(source.shape[1:]) != want:
+        raise bad_input(
+            "source", f"input 'source' must have shape [n, {', '.join(map(str, want))}]"
+        )
+    n = source.shape[0]
+    _check_n(ctx, n, "source")
+    if direction is None or direction.shape != (n,):
+        raise bad_input("direction", f"input 'direction' must have shape [{n}]")
+    if ((direction != 0) & (direction != 1)).any():
+        raise bad_input("direction", "input 'direction' must hold 0 (A->B) or 1 (B->A)")
+    check_room(model, n)
+    return Inputs(
+        np.ascontiguousarray(source, np.uint8), np.ascontiguousarray(direction, np.int64), None
+    )
+
+
 def plan_generate(ctx: ServiceContext, model: LoadedModel, body: GenerateRequest) -> Inputs:
     """``POST .../generate``: cross-field and per-model checks, then latents and labels (or
     a text-to-image model's caption tokens)."""

@@ -35,14 +35,16 @@ TRACEBACK_ENV = "GAN_TRAIN_TRACEBACK"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows ``(default: X)`` after every option's help, except flags that are off by default
-    and options whose help already says what their default is."""
+    """Shows ``(default: X)`` after every option's help (``none`` for an option that is unset
+    unless given), except flags that are off by default and options whose help already says
+    what their default is."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        off = action.default is None or action.default is False
-        if "default" in text or off or action.default == argparse.SUPPRESS:
+        if "default" in text or action.default is False or action.default == argparse.SUPPRESS:
             return text
+        if action.default is None:
+            return f"{text} (default: none)" if action.option_strings else text
         return super()._get_help_string(action) or text
 
 

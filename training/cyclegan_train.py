@@ -51,7 +51,7 @@ class CycleTrainConfig:
     ngf: int = 16
     ndf: int = 32
     n_blocks: int = 3
-    steps: int = 1500
+    steps: int = 1200
     batch_size: int = 8  # the paper: 1
     lr: float = 2e-4
     beta1: float = 0.5
@@ -270,28 +270,45 @@ def load_cyclegan(ckpt_path: str | Path) -> tuple[CycleGAN, dict[str, Any]]:
 # --- command line --------------------------------------------------------------------------
 
 
+HELP = {
+    "data_a": "a folder of domain-A images, with --data-b (default: embedded handwritten digits)",
+    "data_b": "a folder of domain-B images, with --data-a (default: embedded typeset digits)",
+    "out_dir": "run directory: checkpoints, metrics, sample sheets",
+    "image_size": "side of the square images",
+    "channels": "1 or 3 to convert folder images (default: the first folder's own)",
+    "ngf": "generator width at full resolution",
+    "ndf": "discriminator width of its first block",
+    "n_blocks": "residual blocks of the generator",
+    "steps": "training steps (lr decays linearly over the second half)",
+    "batch_size": "images of each domain per step",
+    "lr": "Adam learning rate",
+    "beta1": "Adam beta1",
+    "beta2": "Adam beta2",
+    "lambda_cycle": "weight of the cycle loss",
+    "lambda_identity": "weight of the identity loss, times lambda-cycle",
+    "pool_size": "generated images kept for the discriminators",
+    "decay_start": "fraction of the steps after which lr decays to 0",
+    "log_every": "steps between metrics lines",
+    "sample_every": "steps between sample sheets",
+    "seed": "random seed",
+    "threads": "torch intra-op threads",
+}
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = CycleTrainConfig()
     for f in fields(CycleTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        kind = {int: int, float: float}.get(type(default), str)
-        help_text = (
-            "a folder of domain-A images (with --data-b); default: embedded handwritten digits"
-            if f.name == "data_a"
-            else (
-                "a folder of domain-B images (with --data-a); default: embedded typeset digits"
-                if f.name == "data_b"
-                else f.name.replace("_", " ")
-            )
-        )
-        if f.name == "channels":
-            kind = int
-        parser.add_argument(flag, type=kind, default=default, help=help_text)
-    parser.add_argument("--store", help="export the trained model into this model store")
+        kind = int if f.name == "channels" else {int: int, float: float}.get(type(default), str)
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, type=kind, default=default, help=HELP[f.name])
+    parser.add_argument(
+        "--store",
+        help="export the trained model into this store and evaluate it (default: no export)",
+    )
     parser.add_argument("--name", default="mnist-fonts-cyclegan", help="model name in the store")
     parser.add_argument(
-        "--no-evaluate", action="store_true", help="skip gan-train evaluate after export"
+        "--no-evaluate", action="store_true", help="skip the evaluation after export"
     )
 
 

@@ -338,8 +338,9 @@ def render_report(m: Manifest, r: dict[str, Any]) -> str:
     lines = [
         f"# Evaluation of {m.name} version {m.version}",
         "",
-        f"Data: {r['dataset']}. Generated samples come from seeds {r['sample_seeds']} "
-        "(balanced labels), run through the exported ONNX graph with ONNX Runtime.",
+        f"Data: {r['dataset']}. Generated samples come from seeds {r['sample_seeds']}"
+        f"{' (balanced labels)' if m.conditional else ''}, run through the exported ONNX "
+        "graph with ONNX Runtime.",
         "",
         "| figure | generated | real reference |",
         "| --- | --- | --- |",

@@ -42,6 +42,11 @@ def build_mar(version_dir: str | Path, out_path: str | Path) -> Path:
     version_dir = Path(version_dir)
     out_path = Path(out_path)
     manifest = Manifest.load(version_dir)
+    if manifest.translates:
+        raise ValueError(
+            f"{version_dir} holds an image-to-image model; the TorchServe handler serves "
+            "noise-to-image generators only (serve it with gan-serve's translate route)"
+        )
     manifest.verify_artifact(version_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mar-") as tmp:

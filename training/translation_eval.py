@@ -21,6 +21,7 @@ Classifiers are trained on real training images only, never on translations:
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,11 @@ from PIL import Image
 
 from service.manifest import DIRECTION_INPUT, IMAGE_OUTPUT, SOURCE_INPUT, Manifest
 from training.classifier import (
+    DEFAULT_CACHE_DIR,
     ClassifierConfig,
+    DigitClassifier,
     accuracy,
+    fingerprint,
     predict,
     torch_threads,
     train_classifier,
@@ -43,6 +47,7 @@ DIGIT_KEPT_TARGET = 0.90
 NOISE_SIGMA = 2.0  # intensity levels
 JPEG_QUALITY = 90
 CLASSIFIER_EPOCHS = 5
+CACHE_DIR = DEFAULT_CACHE_DIR.parent / "translation-classifiers"
 REPORT_FILE = "report.md"
 SHEET_FILE = "samples.png"
 SHEET_COLUMNS = 10
@@ -107,6 +112,8 @@ def mean_abs_error(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _classifier(data: ImageData, labels: torch.Tensor, num_classes: int, seed: int) -> Any:
+    """A classifier trained on real images only; cached under ``runs/`` by recipe and data
+    (training is deterministic, so the cache only saves time)."""
     cfg = ClassifierConfig(
         image_size=data.image_size,
         channels=data.channels,
@@ -114,7 +121,17 @@ def _classifier(data: ImageData, labels: torch.Tensor, num_classes: int, seed: i
         epochs=CLASSIFIER_EPOCHS,
         seed=seed,
     )
-    return train_classifier(data.images, labels, cfg)
+    path = CACHE_DIR / f"{cfg.key(fingerprint(data.images, labels))}.pt"
+    if path.is_file():
+        model = DigitClassifier(cfg)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+    model = train_classifier(data.images, labels, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return model
 
 
 def score_translator(

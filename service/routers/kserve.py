@@ -24,7 +24,15 @@ from fastapi.responses import JSONResponse, Response
 from ..context import context
 from ..errors import V2_ERROR_RESPONSES, ServiceError
 from ..manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
-from ..pipeline import check_room, deadline, plan_tensors, resolve, serving, submit
+from ..pipeline import (
+    check_room,
+    deadline,
+    plan_image_tensors,
+    plan_tensors,
+    resolve,
+    serving,
+    submit,
+)
 from ..registry import LoadedModel
 from .generate import waiter
 
@@ -88,11 +96,24 @@ def _server_ready(request: Request) -> bool:
 # --- metadata ------------------------------------------------------------------------------
 
 
+V2_DATATYPE = {"float32": "FP32", "int64": "INT64", "uint8": "UINT8"}
+
+
+def _signature(manifest: Manifest) -> dict[str, str]:
+    """The graph's input names and their v2 datatypes, from the manifest."""
+    return {spec.name: V2_DATATYPE[spec.dtype] for spec in manifest.inputs}
+
+
 def model_metadata(manifest: Manifest, version: int | str) -> dict[str, Any]:
     """``$metadata_model_response``; ``parameters`` adds what a client needs beyond shapes."""
     inputs = [{"name": LATENT_INPUT, "datatype": "FP32", "shape": [-1, manifest.nz]}]
     if manifest.conditional:
         inputs.append({"name": LABEL_INPUT, "datatype": "INT64", "shape": [-1]})
+    if manifest.translates:
+        inputs = [
+            {"name": spec.name, "datatype": V2_DATATYPE[spec.dtype], "shape": spec.shape}
+            for spec in manifest.inputs
+        ]
     if manifest.takes_text:
         from .kserve_text import text_metadata
 
@@ -112,6 +133,12 @@ def model_metadata(manifest: Manifest, version: int | str) -> dict[str, Any]:
             "image_size": size,
             "channels": channels,
             "latent": "seed s -> numpy PCG64(s).standard_normal(nz, float32)",
+            "kind": manifest.kind,
+            **(
+                {"domains": [manifest.translation.domain_a, manifest.translation.domain_b]}
+                if manifest.translation is not None
+                else {}
+            ),
         },
     }
 
@@ -269,9 +296,7 @@ def parse_inputs(
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise v2_error("inputs must be a non-empty array")
-    expected = {LATENT_INPUT: "FP32"}
-    if manifest.conditional:
-        expected[LABEL_INPUT] = "INT64"
+    expected = _signature(manifest)
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for i, spec in enumerate(inputs):
@@ -292,7 +317,8 @@ def parse_inputs(
     missing = [name for name in expected if name not in tensors]
     if missing:
         raise v2_error(f"missing input '{missing[0]}'")
-    return tensors[LATENT_INPUT], tensors.get(LABEL_INPUT)
+    first, *rest = expected
+    return tensors[first], tensors.get(rest[0]) if rest else None
 
 
 def wants_binary(header: dict[str, Any]) -> bool:
@@ -454,7 +480,8 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         inputs = text_inputs(ctx, loaded, header, tail)
     else:
         z, labels = parse_inputs(header, tail, loaded.manifest)
-        inputs = plan_tensors(ctx, loaded, z, labels)
+        plan = plan_image_tensors if loaded.manifest.translates else plan_tensors
+        inputs = plan(ctx, loaded, z, labels)
     binary = wants_binary(header)
     timeout = timeout_from(header)
     until = deadline(ctx, None if timeout is None else min(timeout, ctx.settings.request_timeout_s))

@@ -8,6 +8,9 @@ external assets. Its API goes through the generation pipeline like every other e
 * ``GET /playground/api/interpolate?model&seed_a&seed_b&steps&label``: frames of a
   spherical walk between the latents of two seeds, both ends included.
 
+For an image-to-image model the page shows a drawing canvas and an upload instead, and posts
+the image to the public ``POST /v1/models/{name}/translate``.
+
 Images come back as base64 PNGs inside JSON so the page can show them as ``<img>`` tiles.
 """
 
@@ -86,6 +89,9 @@ async def models(request: Request) -> dict[str, Any]:
                 "family": m.family or "dcgan",
                 "kind": m.kind,
                 **caption_info(registry.get(name)),
+                "domains": (
+                    [m.translation.domain_a, m.translation.domain_b] if m.translation else None
+                ),
             }
         )
     return {"models": out}

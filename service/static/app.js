@@ -311,21 +311,105 @@ async function loadText() {
   }
 }
 
+// --- translate (image-to-image models) ------------------------------------------------------
+
+function setupSketch() {
+  const canvas = $("sketch");
+  const ctx = canvas.getContext("2d");
+  let drawing = false;
+  const clear = () => {
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+  };
+  const at = (e) => {
+    const r = canvas.getBoundingClientRect();
+    return [(e.clientX - r.left) * (canvas.width / r.width), (e.clientY - r.top) * (canvas.height / r.height)];
+  };
+  canvas.addEventListener("pointerdown", (e) => {
+    drawing = true;
+    canvas.setPointerCapture(e.pointerId);
+    ctx.beginPath();
+    ctx.moveTo(...at(e));
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    if (!drawing) return;
+    ctx.strokeStyle = "#fff";
+    ctx.lineWidth = 18;
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    ctx.lineTo(...at(e));
+    ctx.stroke();
+  });
+  const stop = () => {
+    if (drawing) translateImage();
+    drawing = false;
+  };
+  canvas.addEventListener("pointerup", stop);
+  canvas.addEventListener("pointerleave", stop);
+  $("clear-canvas").addEventListener("click", clear);
+  clear();
+}
+
+let translateSeq = 0; // only the latest request's answer is shown
+
+async function translateImage(file) {
+  const seq = ++translateSeq;
+  const blob = file || (await new Promise((resolve) => $("sketch").toBlob(resolve, "image/png")));
+  const direction = $("direction").value;
+  try {
+    const response = await fetch(
+      `/v1/models/${encodeURIComponent(state.model)}/translate?${query({ direction, format: "png" })}`,
+      { method: "POST", headers: { "Content-Type": blob.type || "image/png" }, body: blob }
+    );
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error((body.error && body.error.message) || response.statusText);
+    }
+    const answer = await response.blob();
+    if (seq !== translateSeq) return;
+    const url = URL.createObjectURL(answer);
+    const img = $("translated");
+    const old = img.src;
+    img.src = url;
+    img.dataset.direction = direction;
+    if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+    $("translate-caption").textContent = `${direction}: ${response.headers.get("X-Model-Name")} v${response.headers.get("X-Model-Version")}`;
+    showError(null);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+function showPanels(model) {
+  const translates = Boolean(model && model.kind === "image-to-image");
+  $("translate-panel").hidden = !translates;
+  $("samples-panel").hidden = translates;
+  $("interp-panel").hidden = translates;
+  if (translates && model.domains) {
+    $("domains").textContent = `A: ${model.domains[0]} · B: ${model.domains[1]}`;
+  }
+  return translates;
+}
+
 // --- wiring -------------------------------------------------------------------------------
 
 async function selectModel(name) {
   state.model = name;
   state.label = null;
   const m = currentModel();
+  const text = isTextModel(m);
+  $("text-panel").hidden = !text;
+  if (showPanels(m)) {
+    $("model-info").textContent = `v${m.version} · ${m.image_size}×${m.image_size}×${m.channels} · image-to-image`;
+    return;
+  }
   $("model-info").textContent = m
     ? `v${m.version} · ${m.image_size}×${m.image_size}×${m.channels} · ` +
       (m.num_classes ? `${m.num_classes} classes` : "unconditional")
     : "";
-  const text = isTextModel(m);
-  $("text-panel").hidden = !text;
-  $("samples-panel").hidden = text;
-  $("interp-panel").hidden = text;
   if (text) {
+    $("samples-panel").hidden = true;
+    $("interp-panel").hidden = true;
     $("text-words").textContent = `words: ${m.vocabulary.join(" ")}`;
     await loadText();
     return;
@@ -356,6 +440,12 @@ async function init() {
     if (e.key === "Enter") loadText();
   });
   $("interp-slider").addEventListener("input", showFrame);
+  setupSketch();
+  $("translate").addEventListener("click", () => translateImage());
+  $("direction").addEventListener("change", () => translateImage());
+  $("upload").addEventListener("change", (e) => {
+    if (e.target.files.length) translateImage(e.target.files[0]);
+  });
   if (state.models.length) await selectModel(state.models[0].name);
   else showError("no models are loaded");
   document.body.dataset.ready = "true";

@@ -21,6 +21,7 @@ from tests.deploy.promql import exported_family, metric_names, variable_query_me
 from tests.deploy.tools import DEPLOY, free_port
 from tests.support.server import ServiceProcess
 from tests.support.tiny_model import write_tiny_model
+from tests.support.tiny_translator import write_tiny_translator
 
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 MAIN = DASHBOARDS / "gan-serve.json"
@@ -107,6 +108,12 @@ def test_main_dashboard_has_the_promised_panels():
     assert heatmaps and heatmaps[0]["targets"][0]["format"] == "heatmap"
 
 
+def test_main_dashboard_covers_the_translate_route():
+    translate = [e for e in panel_exprs(load(MAIN)) if 'route="/v1/models/{name}/translate"' in e]
+    assert any("gan_serve_requests_total" in e for e in translate)
+    assert any("gan_serve_request_duration_seconds_bucket" in e for e in translate)
+
+
 def test_gpu_memory_lives_on_the_optional_exporter_dashboard():
     assert not any(n.startswith("DCGM_") for n in referenced_metrics(load(MAIN)))
     gpu_metrics = referenced_metrics(load(GPU))
@@ -127,6 +134,8 @@ def drive_traffic(url: str, stop: threading.Event | None = None) -> None:
             assert r.status_code == 200, r.text
             r = client.post("/v1/models/tiny/generate", json={"n": 0})
             assert r.status_code == 422 and "n" in r.text
+            r = client.post("/v1/models/flip/translate", json={"images": [[[0, 255], [255, 0]]]})
+            assert r.status_code == 200, r.text
             if stop is None or stop.is_set():
                 return
             time.sleep(0.05)
@@ -136,6 +145,7 @@ def drive_traffic(url: str, stop: threading.Event | None = None) -> None:
 def live_service(tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     write_tiny_model(store)
+    write_tiny_translator(store, "flip")
     with ServiceProcess(store) as service:
         drive_traffic(service.url)
         yield service

@@ -6,6 +6,8 @@ import asyncio
 import base64
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -118,10 +120,21 @@ def bomb(side: int) -> bytes:
     return buffer.getvalue()
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR declaring width x height, then IEND: a header and no pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda kind, data: (  # noqa: E731
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
 @pytest.mark.parametrize(
     ("content_type", "body", "status", "code"),
     [
         ("image/png", bomb(400), 413, "image_too_large"),
+        ("image/png", png_header(60_000, 60_000), 413, "image_too_large"),
+        ("image/png", png_header(4, 4), 422, "broken_image"),
         ("image/png", png(digit(5))[:40], 422, "broken_image"),
         ("image/png", b"GIF89a" + bytes(40), 415, "unsupported_media_type"),
         ("text/plain", b"hello", 415, "unsupported_media_type"),
@@ -155,6 +168,7 @@ def test_routes_refuse_the_other_kind(store: Path) -> None:
                     content=png(digit(6)),
                     headers={"content-type": "image/png"},
                 ),
+                await client.get("/v1/models"),
                 await client.post(
                     URL + "?direction=C->D",
                     content=png(digit(6)),
@@ -162,7 +176,9 @@ def test_routes_refuse_the_other_kind(store: Path) -> None:
                 ),
             )
 
-    generate_post, generate_get, translate_tiny, bad_direction = run(go())
+    generate_post, generate_get, translate_tiny, listing, bad_direction = run(go())
+    kinds = {m["name"]: m["kind"] for m in listing.json()["models"]}
+    assert kinds == {"flip": "image-to-image", "tiny": "noise-to-image"}
     for answer in (generate_post, generate_get, translate_tiny):
         assert answer.status_code == 422, answer.text
         assert answer.json()["error"]["code"] == "wrong_model_kind"

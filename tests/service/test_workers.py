@@ -263,9 +263,10 @@ def test_every_setting_has_a_flag_with_its_default() -> None:
         ]
     )
     assert (s.workers, s.fast_path, s.allowed_hosts, s.log_level) == (3, False, ["a", "b"], "debug")
-    with pytest.raises(SystemExit) as exit_info:
-        parse_settings(["--port", "70000"])
-    assert exit_info.value.code == 2
+    for refused in (["--port", "70000"], ["--admin-token", "secret"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_settings(refused)
+        assert exit_info.value.code == 2
 
 
 def test_front_ends_default_to_the_cores_a_container_may_use(tmp_path) -> None:

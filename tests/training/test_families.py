@@ -122,3 +122,17 @@ def test_gan2014_output_bias_starts_at_the_pixel_marginals(tiny_mnist: ImageData
         image = g(torch.randn(1, 4))[0]
     mean = tiny_mnist.images.mean(dim=0)
     assert torch.allclose(image, (mean.clamp(-0.998, 0.998)), atol=1e-4)
+
+
+def test_family_table_counts_the_generators_weights(
+    tmp_path: Path, tiny_mnist: ImageData, make_config
+) -> None:
+    from training.family_table import generator_parameters
+
+    cfg = make_config(tmp_path / "run", family="gan2014", ngf=16, ndf=8)
+    path = train(cfg, tiny_mnist)
+    version_dir = export_checkpoint(path, tmp_path / "store", "tiny")
+    g, _, _ = generator_from_checkpoint(path)
+    assert generator_parameters(version_dir / "generator.onnx") == sum(
+        p.numel() for p in g.parameters()
+    )

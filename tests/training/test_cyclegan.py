@@ -1,0 +1,158 @@
+"""CycleGAN: the model contract's image-to-image manifest, the digit domains, a tiny run,
+its one-graph export with parity, and the scores on a known translator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.manifest import (
+    ArtifactMismatch,
+    Manifest,
+    SideFile,
+    sha256_file,
+)
+from tests.support.tiny_translator import write_tiny_translator
+from training.data import DatasetError, ImageData
+from training.domains import DomainPair, load_domain_pair, render_digit
+from training.translation_eval import OnnxTranslator, score_translator
+
+SHIPPED = Path(__file__).resolve().parents[2] / "model_store" / "mnist-cdcgan"
+
+
+def test_old_manifest_loads_as_noise_to_image(tmp_path: Path) -> None:
+    version_dir = max(SHIPPED.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else 0)
+    data = json.loads((version_dir / "manifest.json").read_text())
+    data.pop("kind", None)
+    for spec in data["inputs"] + data["outputs"]:
+        spec.pop("range", None)
+    m = Manifest.model_validate(data)
+    assert m.kind == "noise-to-image" and not m.translates
+    assert m.outputs[0].range == [0, 255]  # the contract's range is filled in
+    data["outputs"][0]["range"] = [0, 1]
+    with pytest.raises(ValueError, match="range"):
+        Manifest.model_validate(data)
+
+
+def test_image_to_image_manifest_and_side_files(tmp_path: Path) -> None:
+    directory = write_tiny_translator(tmp_path, "flip")
+    m = Manifest.load(directory)
+    assert m.translates and [s.name for s in m.inputs] == ["source", "direction"]
+    (directory / "vocab.txt").write_text("a\n")
+    m.side_files = [SideFile(file="vocab.txt", sha256=sha256_file(directory / "vocab.txt"))]
+    m.verify_artifact(directory)
+    (directory / "vocab.txt").write_text("b\n")
+    with pytest.raises(ArtifactMismatch, match="vocab.txt"):
+        m.verify_artifact(directory)
+    data = json.loads(m.model_dump_json())
+    data["nz"] = 8
+    with pytest.raises(ValueError, match="nz 0"):
+        Manifest.model_validate(data)
+
+
+def test_typeset_digits_are_deterministic() -> None:
+    first = render_digit(7, np.random.Generator(np.random.PCG64(3)))
+    again = render_digit(7, np.random.Generator(np.random.PCG64(3)))
+    other = render_digit(7, np.random.Generator(np.random.PCG64(4)))
+    assert first.shape == (64, 64) and first.max() == 255 and first[:, :4].max() == 0
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_folder_pair_needs_both_folders(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="--data-b"):
+        load_domain_pair(str(tmp_path), None)
+    with pytest.raises(DatasetError):
+        load_domain_pair(str(tmp_path), str(tmp_path))  # empty folders: the loader's error
+
+
+def tiny_pair(n: int = 40, size: int = 8) -> DomainPair:
+    """Two labelled toy domains: bars (A) and their inverse (B), size x size, 2 classes."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 2
+    a = -torch.ones(n, 1, size, size)
+    a[labels == 0, :, :, 2:4] = 1.0  # vertical bar
+    a[labels == 1, :, 2:4, :] = 1.0  # horizontal bar
+    a = (a + 0.1 * torch.randn(a.shape, generator=gen)).clamp(-1, 1)
+    names = ["vertical", "horizontal"]
+    half = n // 2
+
+    def data(x: torch.Tensor, idx: slice) -> ImageData:
+        return ImageData(x[idx].clone(), labels[idx].clone(), names, "toy")
+
+    b = -a
+    return DomainPair(
+        data(a, slice(0, half)),
+        data(b, slice(0, half)),
+        data(a, slice(half, n)),
+        data(b, slice(half, n)),
+        "bars",
+        "inverted bars",
+    )
+
+
+def test_scores_of_a_known_translator() -> None:
+    """Inverting the pixels maps each toy domain onto the other exactly: shapes kept, domain
+    fooled, no cycle error; a perturbation of the intermediate passes straight through."""
+    r, images = score_translator(lambda x, _: 255 - x, tiny_pair(), log=lambda _: None)
+    assert r["cycle_error_a"] == 0.0 and r["cycle_error_b"] == 0.0
+    assert r["digit_kept_ab"] == 1.0 and r["digit_kept_ba"] == 1.0
+    assert r["domain_fooled_ab"] >= 0.9 and r["domain_fooled_ba"] >= 0.9
+    assert 1.0 < r["cycle_error_a_noise_sigma2"] < 2.0
+    assert np.array_equal(images["ab"], 255 - images["a"])
+
+
+def test_onnx_translator_runs_both_directions(tmp_path: Path) -> None:
+    directory = write_tiny_translator(tmp_path, "flip")
+    translate = OnnxTranslator(directory, Manifest.load(directory))
+    x = np.arange(2 * 64, dtype=np.uint8).reshape(2, 8, 8, 1)
+    assert np.array_equal(translate(x, 0), 255 - x) and np.array_equal(translate(x, 1), x)
+
+
+@pytest.mark.slow
+def test_tiny_run_exports_one_graph_with_parity(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from training.cyclegan_export import export_translator, to_uint8_nhwc
+    from training.cyclegan_train import CycleTrainConfig, load_cyclegan, train_cyclegan
+
+    pair = tiny_pair(size=16)
+    cfg = CycleTrainConfig(
+        out_dir=str(tmp_path / "run"),
+        image_size=16,
+        ngf=4,
+        ndf=4,
+        n_blocks=1,
+        steps=3,
+        batch_size=4,
+        log_every=1,
+        sample_every=3,
+        pool_size=5,
+    )
+    model, ckpt = load_cyclegan(train_cyclegan(cfg, pair))
+    assert len(ckpt["history"]) == 3 and ckpt["model_config"]["image_size"] == 16
+    source = to_uint8_nhwc(torch.cat([pair.heldout_a.images[:4], pair.heldout_b.images[:4]]))
+    version_dir = export_translator(
+        model, tmp_path / "store", "toy", parity_source=source, domain_a="a", domain_b="b"
+    )
+    m = Manifest.load(version_dir)
+    assert m.translates and m.training["export"]["parity_max_abs_diff"] <= 1
+    session = ort.InferenceSession(str(version_dir / "generator.onnx"))
+    out = session.run(None, {"source": source, "direction": np.array([0, 1] * 4, np.int64)})[0]
+    with torch.no_grad():
+        x = pair.heldout_a.images[:4]
+        to_b = to_uint8_nhwc(model.g_ab(torch.cat([x[:1]])))
+        to_a = to_uint8_nhwc(model.g_ba(torch.cat([x[1:2]])))
+    assert np.abs(out[0].astype(int) - to_b[0]).max() <= 1  # row 0: direction 0, A->B
+    assert np.abs(out[1].astype(int) - to_a[0]).max() <= 1  # row 1: direction 1, B->A
+
+
+def test_torchserve_archive_refuses_an_image_to_image_model(tmp_path: Path) -> None:
+    from training.torchserve_archive import build_mar
+
+    directory = write_tiny_translator(tmp_path, "flip")
+    with pytest.raises(ValueError, match="image-to-image"):
+        build_mar(directory, tmp_path / "flip.mar")
