@@ -38,11 +38,12 @@ STORE = REPO / "model_store"
 
 
 def _generators(store: Path) -> list[str]:
-    """The shipped noise-to-image models (image-to-image ones: test_shipped_translator.py)."""
+    """The shipped noise-to-image models (image-to-image ones: test_shipped_translator.py,
+    text-to-image ones: test_shipped_stackgan.py)."""
     names = []
     for p in store.iterdir():
         versions = version_dirs(p) if p.is_dir() else {}
-        if versions and not Manifest.load(versions[max(versions)]).translates:
+        if versions and Manifest.load(versions[max(versions)]).kind == "noise-to-image":
             names.append(p.name)
     return sorted(names)
 
