@@ -121,8 +121,11 @@ def plan_seeds(n: int, seed: int | None) -> np.ndarray:
     return np.arange(base, base + n, dtype=np.int64)
 
 
-def encode_infer_request(z: np.ndarray, labels: np.ndarray | None) -> tuple[bytes, int]:
-    """Build a binary-extension infer body: JSON header then raw little-endian tensors."""
+def encode_infer_request(
+    z: np.ndarray, labels: np.ndarray | None, captions: Sequence[str] | None = None
+) -> tuple[bytes, int]:
+    """Build a binary-extension infer body: JSON header then raw little-endian tensors; a
+    text-to-image model's captions go in the header as a BYTES input of JSON strings."""
     z = np.ascontiguousarray(z, dtype="<f4")
     inputs = [_binary_input("z", "FP32", list(z.shape), z.nbytes)]
     blobs = [z.tobytes()]
@@ -130,6 +133,9 @@ def encode_infer_request(z: np.ndarray, labels: np.ndarray | None) -> tuple[byte
         lab = np.ascontiguousarray(labels, dtype="<i8")
         inputs.append(_binary_input("label", "INT64", [int(lab.shape[0])], lab.nbytes))
         blobs.append(lab.tobytes())
+    if captions is not None:
+        texts = list(captions)
+        inputs.append({"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts})
     header = json.dumps(
         {"inputs": inputs, "outputs": [{"name": "image", "parameters": {"binary_data": True}}]}
     ).encode()
@@ -229,6 +235,20 @@ def to_pil(images: np.ndarray) -> list[Any]:
     if images.shape[-1] == 1:
         return [Image.fromarray(img[:, :, 0], mode="L") for img in images]
     return [Image.fromarray(img, mode="RGB") for img in images]
+
+
+def plan_captions(text: str | Sequence[str], n: int) -> list[str]:
+    """One caption per image: a single caption is repeated n times."""
+    captions = [text] if isinstance(text, str) else list(text)
+    if len(captions) == 1:
+        return captions * n
+    if len(captions) != n:
+        raise ValueError(f"give one caption for all {n} images or one per image")
+    return captions
+
+
+def _caption_chunk(captions: Sequence[str] | None, part: slice) -> list[str] | None:
+    return None if captions is None else list(captions[part])
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -342,11 +362,18 @@ class GanClient(_Base):
         except httpx.TransportError:
             return False
 
-    def generate_latents(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    def generate_latents(
+        self,
+        z: np.ndarray,
+        labels: np.ndarray | None = None,
+        captions: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """One infer call per chunk of ``chunk_size`` latents; returns uint8 [n,H,W,C]."""
         parts = []
         for part in _chunks(len(z), self.chunk_size):
-            body, length = encode_infer_request(z[part], None if labels is None else labels[part])
+            body, length = encode_infer_request(
+                z[part], None if labels is None else labels[part], _caption_chunk(captions, part)
+            )
             response = self._request(
                 "POST",
                 f"{self._model_path()}/infer",
@@ -356,9 +383,15 @@ class GanClient(_Base):
             parts.append(decode_infer_response(response))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    def generate_seeds(self, seeds: Sequence[int], labels: np.ndarray | None = None) -> np.ndarray:
-        """Images for explicit seeds (and labels), in order."""
-        return self.generate_latents(latents_from_seeds(list(seeds), self.info().nz), labels)
+    def generate_seeds(
+        self,
+        seeds: Sequence[int],
+        labels: np.ndarray | None = None,
+        captions: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Images for explicit seeds (and labels, or captions), in order."""
+        z = latents_from_seeds(list(seeds), self.info().nz)
+        return self.generate_latents(z, labels, captions)
 
     def generate(
         self,
@@ -366,12 +399,17 @@ class GanClient(_Base):
         labels: int | Sequence[int] | np.ndarray | None = None,
         seed: int | None = None,
         *,
+        text: str | Sequence[str] | None = None,
         pil: bool = False,
     ) -> np.ndarray | list[Any]:
-        """n images; image i comes from seed ``seed + i`` (see :func:`plan_labels` for labels)."""
+        """n images; image i comes from seed ``seed + i`` (see :func:`plan_labels` for labels).
+        ``text``: a text-to-image model's caption for all images, or one per image."""
         info = self.info()
         seeds = plan_seeds(n, seed)
-        images = self.generate_seeds(seeds, plan_labels(seeds, labels, info))
+        if text is not None:
+            images = self.generate_seeds(seeds, None, plan_captions(text, n))
+        else:
+            images = self.generate_seeds(seeds, plan_labels(seeds, labels, info))
         return to_pil(images) if pil else images
 
     def translate(
@@ -454,11 +492,18 @@ class AsyncGanClient(_Base):
         except httpx.TransportError:
             return False
 
-    async def generate_latents(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    async def generate_latents(
+        self,
+        z: np.ndarray,
+        labels: np.ndarray | None = None,
+        captions: Sequence[str] | None = None,
+    ) -> np.ndarray:
         gate = asyncio.Semaphore(self.max_concurrency)
 
         async def one(part: slice) -> np.ndarray:
-            body, length = encode_infer_request(z[part], None if labels is None else labels[part])
+            body, length = encode_infer_request(
+                z[part], None if labels is None else labels[part], _caption_chunk(captions, part)
+            )
             async with gate:
                 response = await self._request(
                     "POST",
@@ -475,10 +520,14 @@ class AsyncGanClient(_Base):
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     async def generate_seeds(
-        self, seeds: Sequence[int], labels: np.ndarray | None = None
+        self,
+        seeds: Sequence[int],
+        labels: np.ndarray | None = None,
+        captions: Sequence[str] | None = None,
     ) -> np.ndarray:
         info = await self.info()
-        return await self.generate_latents(latents_from_seeds(list(seeds), info.nz), labels)
+        z = latents_from_seeds(list(seeds), info.nz)
+        return await self.generate_latents(z, labels, captions)
 
     async def generate(
         self,
@@ -486,9 +535,13 @@ class AsyncGanClient(_Base):
         labels: int | Sequence[int] | np.ndarray | None = None,
         seed: int | None = None,
         *,
+        text: str | Sequence[str] | None = None,
         pil: bool = False,
     ) -> np.ndarray | list[Any]:
         info = await self.info()
         seeds = plan_seeds(n, seed)
-        images = await self.generate_seeds(seeds, plan_labels(seeds, labels, info))
+        if text is not None:
+            images = await self.generate_seeds(seeds, None, plan_captions(text, n))
+        else:
+            images = await self.generate_seeds(seeds, plan_labels(seeds, labels, info))
         return to_pil(images) if pil else images

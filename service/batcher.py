@@ -161,8 +161,8 @@ class LatentBatcher:
         if self._closing:
             raise BatcherClosed(f"{self.model}: batcher is closed")
         n = z.shape[0]
-        if labels is not None and labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+        if labels is not None and labels.shape[:1] != (n,):
+            raise ValueError(f"labels must have {n} rows, got shape {labels.shape}")
         self.check_room(n)
         self.start()
         loop = asyncio.get_running_loop()

@@ -247,8 +247,8 @@ class RemoteBatcher:
         if self._closing or not self.link.up:
             raise BatcherClosed(f"{self.model}: the inference engine is not available")
         n = z.shape[0]
-        if labels is not None and labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+        if labels is not None and labels.shape[:1] != (n,):
+            raise ValueError(f"labels must have {n} rows, got shape {labels.shape}")
         self.check_room(n)
         loop = asyncio.get_running_loop()
         ticket = RemoteTicket(self.link.next_id(), n, loop.create_future(), self, finish)

@@ -45,6 +45,7 @@ RULES: dict[str, Rule] = {
     "invalid_value": _INPUT,
     "out_of_range": _INPUT,
     "unknown_label": _INPUT,
+    "unknown_words": _INPUT,  # a caption word outside a text-to-image model's vocabulary
     "malformed_json": Rule(400, 400),
     "missing_body": Rule(400, 400),
     "body_too_large": Rule(413, 413),

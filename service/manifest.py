@@ -36,6 +36,9 @@ DIRECTIONS = ("A->B", "B->A")  # direction index 0 and 1
 ModelKind = Literal["noise-to-image", "image-to-image", "text-to-image"]
 NOISE_TO_IMAGE: ModelKind = "noise-to-image"
 IMAGE_TO_IMAGE: ModelKind = "image-to-image"
+TEXT_TO_IMAGE: ModelKind = "text-to-image"
+# The second input of a text-to-image generator: token ids [N, L] of its vocabulary file.
+TOKENS_INPUT = "tokens"
 
 MAX_SEED = 2**63 - 1
 
@@ -122,6 +125,17 @@ class TranslationSpec(BaseModel):
         return v
 
 
+class TextSpec(BaseModel):
+    """A text-to-image model's captions: the vocabulary side file and the token layout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vocabulary: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    vocab_size: int = Field(ge=2, le=1_000_000)
+    max_tokens: int = Field(ge=1, le=1024)
+    pad_id: Literal[0] = 0
+
+
 class Manifest(BaseModel):
     """Everything the service needs to serve a generator, and what a user wants to know of it."""
 
@@ -151,6 +165,7 @@ class Manifest(BaseModel):
     translation: TranslationSpec | None = Field(
         default=None, description="an image-to-image model's domains"
     )
+    text: TextSpec | None = Field(default=None, description="a text-to-image model's captions")
     artifact: ArtifactSpec
     side_files: list[SideFile] = Field(default_factory=list)
     training: dict[str, Any] = Field(default_factory=dict)
@@ -163,6 +178,10 @@ class Manifest(BaseModel):
     @property
     def translates(self) -> bool:
         return self.kind == IMAGE_TO_IMAGE
+
+    @property
+    def takes_text(self) -> bool:
+        return self.kind == TEXT_TO_IMAGE
 
     @field_validator("image_size")
     @classmethod
@@ -187,7 +206,14 @@ class Manifest(BaseModel):
                 raise ValueError("a noise-to-image model has nz >= 1 and no translation object")
             expected_in = expected_inputs(self.nz, self.num_classes)
         else:
-            raise ValueError(f"kind {self.kind!r} is declared but not served yet")
+            text = self.text
+            if self.nz < 1 or text is None or self.translation is not None:
+                raise ValueError("a text-to-image model has nz >= 1, a text object, no translation")
+            if text.vocabulary not in {side.file for side in self.side_files}:
+                raise ValueError(f"the vocabulary {text.vocabulary!r} must be a side file")
+            expected_in = expected_text_inputs(self.nz, text.max_tokens, text.vocab_size)
+        if self.text is not None and self.kind != TEXT_TO_IMAGE:
+            raise ValueError("only a text-to-image model has a text object")
         _check_specs("inputs", self.inputs, expected_in)
         _check_specs("outputs", self.outputs, expected_outputs(self.image_size, self.channels))
         return self
@@ -247,6 +273,16 @@ def expected_inputs(nz: int, num_classes: int) -> list[TensorSpec]:
             TensorSpec(name=LABEL_INPUT, dtype="int64", shape=[-1], range=[0, num_classes - 1])
         )
     return specs
+
+
+def expected_text_inputs(nz: int, max_tokens: int, vocab_size: int) -> list[TensorSpec]:
+    """A text-to-image graph's inputs: latents and each caption's token ids (0 pads)."""
+    return [
+        TensorSpec(name=LATENT_INPUT, dtype="float32", shape=[-1, nz], range=None),
+        TensorSpec(
+            name=TOKENS_INPUT, dtype="int64", shape=[-1, max_tokens], range=[0, vocab_size - 1]
+        ),
+    ]
 
 
 def expected_translation_inputs(image_size: int, channels: int) -> list[TensorSpec]:

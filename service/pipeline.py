@@ -40,7 +40,7 @@ from .latents import (
     seeds_for,
     truncate,
 )
-from .manifest import DIRECTIONS
+from .manifest import DIRECTIONS, Manifest
 from .registry import LoadedModel, ReloadRefused, valid_name
 from .schemas import (
     GenerateRequest,
@@ -49,6 +49,7 @@ from .schemas import (
     check_generate,
     check_interpolate,
 )
+from .text import CaptionError, load_vocabulary
 
 WaitGone = Callable[[], Awaitable[None]]  # returns when the client has gone away
 MAX_NAME_ECHO = 64  # longer names are cut in messages
@@ -115,9 +116,14 @@ def check_room(model: LoadedModel, n: int) -> None:
         ) from None
 
 
-def require_kind(model: LoadedModel, translates: bool) -> None:
+def require_kind(model: LoadedModel, translates: bool, takes_text: bool = False) -> None:
     """Refuse (422 wrong_model_kind) a model the route cannot serve, naming the right route."""
     m = model.manifest
+    if m.takes_text and not takes_text:
+        message = (
+            f"model {m.name} is {m.kind}: POST /v1/models/{m.name}/generate with a 'text' caption"
+        )
+        raise ServiceError("wrong_model_kind", message, "name")
     if m.translates == translates:
         return
     if m.translates:
@@ -140,6 +146,42 @@ def plan_translate(
     batch = np.ascontiguousarray(np.stack(sources), dtype=np.uint8)
     index = np.full(len(sources), DIRECTIONS.index(direction), np.int64)
     return Inputs(batch, index, None)
+
+
+def caption_tokens(model: LoadedModel, text: str | list[str], n: int) -> np.ndarray:
+    """A text-to-image model's captions -> token ids int64 [n, L], by the vocabulary file
+    shipped beside it; one caption serves all n images."""
+    m = model.manifest
+    assert m.text is not None
+    side = {s.file: s.sha256 for s in m.side_files}
+    vocab = load_vocabulary(model.directory, side.get(m.text.vocabulary, ""))
+    captions = [text] if isinstance(text, str) else list(text)
+    if len(captions) not in (1, n):
+        raise bad_input("text", f"give one caption for all images or exactly n={n}")
+    try:
+        ids = vocab.encode_many(captions)
+    except CaptionError as exc:
+        if exc.unknown:
+            words = f"{exc}; the known words are listed by GET /v1/models/{m.name}"
+            raise ServiceError("unknown_words", words, "text") from None
+        raise bad_input("text", str(exc)) from None
+    return np.repeat(ids, n, axis=0) if len(captions) == 1 else ids
+
+
+def _text_or_labels(m: Manifest, model: LoadedModel, body: GenerateRequest, n: int) -> Any:
+    """A text-to-image model's token ids, or another model's labels (which take no text)."""
+    if not m.takes_text:
+        if body.text is not None:
+            raise bad_input("text", f"model {m.name} is {m.kind} and takes no text")
+        return None
+    if body.text is None:
+        raise bad_input(
+            "text",
+            f"model {m.name} is {m.kind}: give a caption in 'text' (GET /v1/models/{m.name})",
+        )
+    if body.labels is not None:
+        raise bad_input("labels", f"model {m.name} takes its digit from the caption, not labels")
+    return caption_tokens(model, body.text, n)
 
 
 def plan_image_tensors(
@@ -167,12 +209,14 @@ def plan_image_tensors(
 
 
 def plan_generate(ctx: ServiceContext, model: LoadedModel, body: GenerateRequest) -> Inputs:
-    """``POST .../generate``: cross-field and per-model checks, then latents and labels."""
-    require_kind(model, translates=False)
+    """``POST .../generate``: cross-field and per-model checks, then latents and labels (or
+    a text-to-image model's caption tokens)."""
+    require_kind(model, translates=False, takes_text=True)
     m = model.manifest
     check_generate(body)
     n = body.count
     _check_n(ctx, n, "latents" if body.latents is not None else "seeds" if body.seeds else "n")
+    tokens = _text_or_labels(m, model, body, n)
     seeds: list[int] | None
     z: np.ndarray | None = None
     if body.latents is not None:
@@ -180,7 +224,7 @@ def plan_generate(ctx: ServiceContext, model: LoadedModel, body: GenerateRequest
         z = latents_from_request(body.latents, m.nz, "latents")
     else:
         seeds = list(body.seeds) if body.seeds is not None else seeds_for(body.seed, n)
-    labels = labels_for(m, body.labels, n, seeds)
+    labels = tokens if tokens is not None else labels_for(m, body.labels, n, seeds)
     check_room(model, n)
     if z is None:
         z = seed_latents(seeds, m, body.truncation)
@@ -282,6 +326,24 @@ def plan_tensors(
         labels = np.ascontiguousarray(labels, dtype=np.int64)
     check_room(model, n)
     return Inputs(np.ascontiguousarray(z, dtype=np.float32), labels, None)
+
+
+def plan_text_tensors(
+    ctx: ServiceContext, model: LoadedModel, z: np.ndarray, captions: list[str]
+) -> Inputs:
+    """Given latents and captions (``/v2``): z float32 [n, nz], one caption or n."""
+    m = model.manifest
+    if z.ndim != 2 or z.shape[1] != m.nz:
+        raise bad_input("z", f"input 'z' must have shape [n, {m.nz}], got {list(z.shape)}")
+    n = z.shape[0]
+    if not 1 <= n <= ctx.settings.max_images_per_request:
+        limit = ctx.settings.max_images_per_request
+        raise bad_input("z", f"input 'z' has batch size {n}; allowed 1..{limit}", "out_of_range")
+    if not np.isfinite(z).all():
+        raise bad_input("z", "input 'z' must hold finite numbers")
+    tokens = caption_tokens(model, captions, n)
+    check_room(model, n)
+    return Inputs(np.ascontiguousarray(z, dtype=np.float32), tokens, None)
 
 
 def deadline(ctx: ServiceContext, timeout_s: float | None = None) -> float:

@@ -147,13 +147,15 @@ class GeneratorRuntime:
         raise ValueError(f"batch of {n} exceeds max_batch_size {self.batch_sizes[-1]}")
 
     def run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        """z float32 [n, nz], labels int64 [n] | None -> uint8 [n, S, S, C]; pads to a bucket."""
+        """z float32 [n, nz], labels int64 [n] (token ids [n, L] for text) | None -> uint8
+        [n, S, S, C]; pads to a bucket."""
         n = z.shape[0]
         size = self.bucket_for(n)
         if size != n:
             z = np.concatenate([z, np.zeros((size - n, *z.shape[1:]), z.dtype)])
             if labels is not None:
-                labels = np.concatenate([labels, np.zeros(size - n, np.int64)])
+                pad = np.zeros((size - n, *labels.shape[1:]), np.int64)
+                labels = np.concatenate([labels, pad])
         if self.provider == CUDA:
             out = self._run_cuda(z, labels)
         else:
@@ -190,7 +192,7 @@ class GeneratorRuntime:
         """Zeros shaped like the graph's inputs, batch n."""
         specs = self.manifest.inputs
         first = np.zeros((n, *specs[0].shape[1:]), np.dtype(specs[0].dtype))
-        second = np.zeros(n, np.int64) if len(specs) > 1 else None
+        second = np.zeros((n, *specs[1].shape[1:]), np.int64) if len(specs) > 1 else None
         return first, second
 
     def warmup(self) -> None:
@@ -211,7 +213,9 @@ class _GraphSlot:
             [size, *first.shape[1:]], np.dtype(first.dtype), "cuda", 0
         )
         self.labels = (
-            ort.OrtValue.ortvalue_from_shape_and_type([size], np.int64, "cuda", 0)
+            ort.OrtValue.ortvalue_from_shape_and_type(
+                [size, *second.shape[1:]], np.int64, "cuda", 0
+            )
             if second is not None
             else None
         )

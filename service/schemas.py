@@ -47,6 +47,11 @@ class GenerateRequest(BaseModel):
     truncation: float | None = Field(
         default=None, ge=0.0, le=1.0, description="psi: latents are scaled by psi (1 = off)"
     )
+    text: str | list[str] | None = Field(
+        default=None,
+        max_length=4096,
+        description="text-to-image models: one caption for all images, or one per image",
+    )
     format: Literal["png", "grid", "npy", "json"] = "png"
     columns: int | None = Field(default=None, ge=1, le=256, description="grid columns")
     timeout_ms: int | None = Field(
@@ -59,6 +64,8 @@ class GenerateRequest(BaseModel):
             return len(self.seeds)
         if self.latents is not None:
             return len(self.latents)
+        if self.n is None and isinstance(self.text, list) and len(self.text) > 1:
+            return len(self.text)  # one image per caption
         return self.n or 1
 
 

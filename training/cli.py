@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ship": ("ship", "train, export, evaluate and archive the shipped model"),
     "cyclegan": ("cyclegan_train", "train a CycleGAN on two unpaired image domains"),
     "export-translator": ("cyclegan_export", "export a CycleGAN checkpoint to the model store"),
+    "stackgan": ("stackgan_train", "train a text-to-image StackGAN on captioned digits, export it"),
 }
 USAGE_ERROR = 2
 # What a user's mistake raises: bad paths, files of the wrong kind, invalid options.

@@ -468,6 +468,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     version_dir = resolve_version_dir(args.model)
+    if load_manifest(version_dir).takes_text:
+        from training.text_eval import evaluate_text_model
+
+        print(json.dumps(evaluate_text_model(version_dir, write=args.write), indent=2))
+        return 0
     if load_manifest(version_dir).translates:
         from training.translation_eval import evaluate_translator
 

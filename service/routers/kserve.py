@@ -114,6 +114,10 @@ def model_metadata(manifest: Manifest, version: int | str) -> dict[str, Any]:
             {"name": spec.name, "datatype": V2_DATATYPE[spec.dtype], "shape": spec.shape}
             for spec in manifest.inputs
         ]
+    if manifest.takes_text:
+        from .kserve_text import text_metadata
+
+        inputs = text_metadata(manifest)
     size, channels = manifest.image_size, manifest.channels
     return {
         "name": manifest.name,
@@ -470,12 +474,17 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     check_room(loaded, 1)  # before reading the body: a refusal under a flood stays cheap
     body = await read_body(request, ctx.settings.max_body_bytes)
     header, tail = split_body(body, request.headers.get(HEADER_LENGTH))
-    z, labels = parse_inputs(header, tail, loaded.manifest)
+    if loaded.manifest.takes_text:
+        from .kserve_text import text_inputs
+
+        inputs = text_inputs(ctx, loaded, header, tail)
+    else:
+        z, labels = parse_inputs(header, tail, loaded.manifest)
+        plan = plan_image_tensors if loaded.manifest.translates else plan_tensors
+        inputs = plan(ctx, loaded, z, labels)
     binary = wants_binary(header)
     timeout = timeout_from(header)
     until = deadline(ctx, None if timeout is None else min(timeout, ctx.settings.request_timeout_s))
-    plan = plan_image_tensors if loaded.manifest.translates else plan_tensors
-    inputs = plan(ctx, loaded, z, labels)
     pinned = None if version is None else loaded.version
     loaded, images = await submit(ctx, name, pinned, loaded, inputs, until, waiter(request.receive))
     return encode_response(images, header, name, loaded.version, binary)

@@ -9,8 +9,19 @@ from ..errors import ERROR_RESPONSES, ServiceError
 from ..manifest import Manifest
 from ..pipeline import serving
 from ..registry import LoadedModel, ModelRegistry
+from ..text import load_vocabulary
 
 router = APIRouter(tags=["models"], responses=ERROR_RESPONSES)
+
+
+def caption_info(model: LoadedModel) -> dict:
+    """A text-to-image model's vocabulary: the words a caption may use, and how many."""
+    m = model.manifest
+    if m.text is None:
+        return {}
+    side = {s.file: s.sha256 for s in m.side_files}
+    vocab = load_vocabulary(model.directory, side.get(m.text.vocabulary, ""))
+    return {"vocabulary": vocab.known_words(), "max_caption_words": vocab.max_tokens}
 
 
 def model_info(model: LoadedModel, registry: ModelRegistry) -> dict:
@@ -32,6 +43,7 @@ def model_info(model: LoadedModel, registry: ModelRegistry) -> dict:
         "description": m.description,
         "family": m.family,
         "paper": m.paper,
+        **caption_info(model),
         "evaluation": m.evaluation,
         "manifest": m.model_dump(mode="json"),
     }

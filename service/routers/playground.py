@@ -39,7 +39,9 @@ from ..pipeline import (
 )
 from ..registry import LoadedModel
 from ..schemas import GenerateRequest, InterpolateRequest
+from ..text import MAX_CAPTION_CHARS
 from .generate import JSON, waiter
+from .models import caption_info
 
 router = APIRouter(tags=["playground"], responses=ERROR_RESPONSES)
 
@@ -86,6 +88,7 @@ async def models(request: Request) -> dict[str, Any]:
                 "description": m.description,
                 "family": m.family or "dcgan",
                 "kind": m.kind,
+                **caption_info(registry.get(name)),
                 "domains": (
                     [m.translation.domain_a, m.translation.domain_b] if m.translation else None
                 ),
@@ -142,3 +145,24 @@ async def interpolate_frames(
     body = InterpolateRequest(seeds=[seed_a, seed_b], steps=steps, method="slerp", label=label)
     _, _, frames = await _tiles(request, model, lambda m: plan_interpolate(ctx, m, body))
     return {"model": model, "seed_a": seed_a, "seed_b": seed_b, "frames": frames}
+
+
+@router.get("/playground/api/text")
+async def text_samples(
+    request: Request,
+    model: str,
+    text: str = Query(..., max_length=MAX_CAPTION_CHARS),
+    seed: int = Query(0, ge=0, le=MAX_SEED - MAX_TILES),
+    n: int = Query(8, ge=1, le=MAX_TILES),
+) -> dict[str, Any]:
+    """A text-to-image model's images of one caption, seeds seed..seed+n-1."""
+    ctx = context(request)
+    body = GenerateRequest(seed=seed, n=n, text=text)
+    loaded, inputs, images = await _tiles(request, model, lambda m: plan_generate(ctx, m, body))
+    return {
+        "model": model,
+        "version": loaded.version,
+        "text": text,
+        "seeds": inputs.seeds,
+        "images": images,
+    }

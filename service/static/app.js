@@ -275,6 +275,42 @@ function drawChart() {
   line("p95", maxLatency, "#c53030");
 }
 
+// --- text to image ------------------------------------------------------------------------
+
+const TEXT_TILES = 8;
+
+function isTextModel(model) {
+  return Boolean(model && model.kind === "text-to-image");
+}
+
+async function loadText() {
+  const params = {
+    model: state.model,
+    text: $("caption").value,
+    seed: Number($("text-seed").value) || 0,
+    n: TEXT_TILES,
+  };
+  try {
+    const body = await api(`/playground/api/text?${query(params)}`);
+    const grid = $("text-grid");
+    grid.replaceChildren();
+    body.images.forEach((b64, i) => {
+      const img = document.createElement("img");
+      img.src = `data:image/png;base64,${b64}`;
+      img.alt = `"${body.text}", seed ${body.seeds[i]}`;
+      img.title = img.alt;
+      grid.appendChild(img);
+    });
+    $("text-caption").textContent =
+      `"${body.text}", seeds ${body.seeds[0]}–${body.seeds[body.seeds.length - 1]}, ` +
+      `version ${body.version}`;
+    showError(null);
+  } catch (err) {
+    $("text-grid").replaceChildren();
+    showError(err);
+  }
+}
+
 // --- translate (image-to-image models) ------------------------------------------------------
 
 function setupSketch() {
@@ -361,6 +397,8 @@ async function selectModel(name) {
   state.model = name;
   state.label = null;
   const m = currentModel();
+  const text = isTextModel(m);
+  $("text-panel").hidden = !text;
   if (showPanels(m)) {
     $("model-info").textContent = `v${m.version} · ${m.image_size}×${m.image_size}×${m.channels} · image-to-image`;
     return;
@@ -369,6 +407,13 @@ async function selectModel(name) {
     ? `v${m.version} · ${m.image_size}×${m.image_size}×${m.channels} · ` +
       (m.num_classes ? `${m.num_classes} classes` : "unconditional")
     : "";
+  if (text) {
+    $("samples-panel").hidden = true;
+    $("interp-panel").hidden = true;
+    $("text-words").textContent = `words: ${m.vocabulary.join(" ")}`;
+    await loadText();
+    return;
+  }
   renderClassButtons();
   await Promise.all([loadSamples(), loadInterpolation()]);
 }
@@ -390,6 +435,10 @@ async function init() {
     loadSamples();
   });
   $("interp-load").addEventListener("click", loadInterpolation);
+  $("text-generate").addEventListener("click", loadText);
+  $("caption").addEventListener("keydown", (e) => {
+    if (e.key === "Enter") loadText();
+  });
   $("interp-slider").addEventListener("input", showFrame);
   setupSketch();
   $("translate").addEventListener("click", () => translateImage());

@@ -35,7 +35,20 @@ from training.families import FAMILIES
 
 REPO = Path(__file__).resolve().parents[2]
 STORE = REPO / "model_store"
-SHIPPED = sorted(p.name for p in STORE.iterdir() if p.is_dir() and version_dirs(p))
+
+
+def _generators(store: Path) -> list[str]:
+    """The shipped noise-to-image models (image-to-image ones: test_shipped_translator.py,
+    text-to-image ones: test_shipped_stackgan.py)."""
+    names = []
+    for p in store.iterdir():
+        versions = version_dirs(p) if p.is_dir() else {}
+        if versions and Manifest.load(versions[max(versions)]).kind == "noise-to-image":
+            names.append(p.name)
+    return sorted(names)
+
+
+SHIPPED = _generators(STORE)
 FRESH_SEED_BASE = 7_000_000  # disjoint from the evaluation's seeds
 FRESH_SAMPLES = 2000
 

@@ -51,3 +51,34 @@ def test_cycle_errors_are_reproduced_from_the_graph(shipped) -> None:
     cycle_b = round(mean_abs_error(translate(ba, 0), b), 3)
     assert abs(cycle_a - m.evaluation["cycle_error_a"]) < 0.01
     assert abs(cycle_b - m.evaluation["cycle_error_b"]) < 0.01
+
+
+@pytest.mark.slow
+def test_the_service_translates_with_the_shipped_model(shipped) -> None:
+    """Served from the repository's store: a held-out digit's translation over HTTP equals the
+    graph's own, and generate refuses the model."""
+    import io
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    from tests.support.server import ServiceProcess
+
+    version_dir, m = shipped
+    pair = load_embedded_pair(m.image_size)
+    digit = to_pixels(pair.heldout_a.images[:1])
+    expected = OnnxTranslator(version_dir, m)(digit, 0)[0, :, :, 0]
+    body = io.BytesIO()
+    Image.fromarray(digit[0, :, :, 0]).save(body, format="PNG")
+    with ServiceProcess(REPO / "model_store") as svc:
+        url = f"{svc.url}/v1/models/{m.name}"
+        r = httpx.post(
+            f"{url}/translate",
+            content=body.getvalue(),
+            timeout=30,
+            headers={"content-type": "image/png"},
+        )
+        assert r.status_code == 200, r.text
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected)
+        assert httpx.get(f"{url}/generate", timeout=30).status_code == 422
