@@ -128,6 +128,12 @@ HEADER_431 = canned_response(
     _error_json("header_too_large", "the request head is too large"),
     {"content-type": "application/json", "connection": "close"},
 )
+HEADER_431_V2 = canned_response(  # the Open Inference Protocol's error shape, for /v2 paths
+    431,
+    "Request Header Fields Too Large",
+    b'{"error":"the request head is too large"}',
+    {"content-type": "application/json", "connection": "close"},
+)
 BUSY_503 = canned_response(
     503,
     "Service Unavailable",
@@ -145,6 +151,7 @@ def _guarded(protocol_class: type, limits: ConnectionLimits, admission: Admissio
             self._timer: asyncio.TimerHandle | None = None
             self._in_head = True
             self._head_bytes = 0
+            self._heads_completed = 0
             self._refused = False
             super().connection_made(transport)
             if len(self.connections) > limits.max_connections:
@@ -177,13 +184,17 @@ def _guarded(protocol_class: type, limits: ConnectionLimits, admission: Admissio
             self.transport.close()
 
         def data_received(self, data: bytes) -> None:
-            in_head = self._in_head
+            in_head, heads_before = self._in_head, self._heads_completed
             super().data_received(data)
-            if in_head and self._in_head and not self.transport.is_closing():
+            # A chunk in which a head completed also carries body bytes (and perhaps a whole
+            # request): none of it counts against the next head's limit.
+            still_in_same_head = self._heads_completed == heads_before
+            if in_head and self._in_head and still_in_same_head and not self.transport.is_closing():
                 self._head_bytes += len(data)
                 if self._head_bytes > limits.max_header_bytes:
                     self._disarm()
-                    self.transport.write(HEADER_431)
+                    v2 = getattr(self, "url", b"").startswith(b"/v2")
+                    self.transport.write(HEADER_431_V2 if v2 else HEADER_431)
                     self.transport.close()
 
         def on_message_begin(self) -> None:
@@ -195,6 +206,7 @@ def _guarded(protocol_class: type, limits: ConnectionLimits, admission: Admissio
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._head_bytes = 0
+            self._heads_completed += 1
             if self._has_body():
                 self._arm(limits.body_timeout_s)
             else:

@@ -62,6 +62,26 @@ def test_slow_heads_slow_bodies_large_heads_and_idle_sockets_are_cut(tmp_path) -
         big.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000)
         assert _answer(big).startswith(b"HTTP/1.1 431 ")
         assert httpx.get(f"{service.url}/v1/models", timeout=5).status_code == 200
+        big_v2 = _connect(service)
+        big_v2.sendall(b"GET /v2/models/tiny HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000)
+        answer = _answer(big_v2)
+        assert answer.startswith(b"HTTP/1.1 431 ") and answer.endswith(
+            b'{"error":"the request head is too large"}'
+        )
+
+        # A small head with a large body in one write: the body never counts as head.
+        latents = ",".join(["[" + ",".join(["0.5"] * 8) + "]"] * 256)
+        body = ('{"latents": [' + latents + '], "format": "npy"}').encode()
+        assert len(body) > 8192
+        one_write = _connect(service)
+        one_write.sendall(
+            b"POST /v1/models/tiny/generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        assert _answer(one_write).startswith(b"HTTP/1.1 200 ")
 
 
 @pytest.mark.slow
