@@ -178,9 +178,17 @@ def test_a_crashed_engine_fails_its_requests_with_503_and_comes_back(tmp_path) -
     with ServiceProcess(tmp_path, *TWO, "--max-batch-size", "4") as svc:
         with ThreadPoolExecutor(3) as pool:
             calls = [
-                pool.submit(fresh_post, svc.url, GEN, json={"n": 16, "seed": i}) for i in range(3)
+                pool.submit(fresh_post, svc.url, GEN, json={"n": 64, "seed": i}) for i in range(3)
             ]
-            time.sleep(0.3)
+            # Killed while all three wait on it (48 batches of 4: far from done).
+            wait_for(
+                lambda: (
+                    metric_value(
+                        fresh_get(svc.url, "/metrics").text, "gan_serve_requests_in_flight"
+                    )
+                    >= 3
+                )
+            )
             os.kill(child_pid(svc, "engine"), signal.SIGKILL)
             answers = [f.result(timeout=10) for f in calls]
         assert [r.status_code for r in answers] == [503] * 3
