@@ -292,12 +292,8 @@ def plan_interpolate(ctx: ServiceContext, model: LoadedModel, body: InterpolateR
     return Inputs(z, labels, list(body.seeds) if body.seeds else None)
 
 
-def plan_tensors(
-    ctx: ServiceContext, model: LoadedModel, z: np.ndarray, labels: np.ndarray | None
-) -> Inputs:
-    """Given tensors (``/v2``): z float32 [n, nz], labels int64 [n] class indices."""
-    require_kind(model, translates=False)
-    m = model.manifest
+def _given_batch(ctx: ServiceContext, m: Manifest, z: np.ndarray) -> int:
+    """Check latents a ``/v2`` caller gives: [n, nz], n within the request limit, finite."""
     if z.ndim != 2 or z.shape[1] != m.nz:
         raise bad_input("z", f"input 'z' must have shape [n, {m.nz}], got {list(z.shape)}")
     n = z.shape[0]
@@ -306,6 +302,16 @@ def plan_tensors(
         raise bad_input("z", f"input 'z' has batch size {n}; allowed 1..{limit}", "out_of_range")
     if not np.isfinite(z).all():
         raise bad_input("z", "input 'z' must hold finite numbers")
+    return n
+
+
+def plan_tensors(
+    ctx: ServiceContext, model: LoadedModel, z: np.ndarray, labels: np.ndarray | None
+) -> Inputs:
+    """Given tensors (``/v2``): z float32 [n, nz], labels int64 [n] class indices."""
+    require_kind(model, translates=False)
+    m = model.manifest
+    n = _given_batch(ctx, m, z)
     if labels is not None and not m.conditional:
         raise bad_input("label", f"model {m.name} is unconditional and takes no label")
     if labels is None and m.conditional:
@@ -333,14 +339,7 @@ def plan_text_tensors(
 ) -> Inputs:
     """Given latents and captions (``/v2``): z float32 [n, nz], one caption or n."""
     m = model.manifest
-    if z.ndim != 2 or z.shape[1] != m.nz:
-        raise bad_input("z", f"input 'z' must have shape [n, {m.nz}], got {list(z.shape)}")
-    n = z.shape[0]
-    if not 1 <= n <= ctx.settings.max_images_per_request:
-        limit = ctx.settings.max_images_per_request
-        raise bad_input("z", f"input 'z' has batch size {n}; allowed 1..{limit}", "out_of_range")
-    if not np.isfinite(z).all():
-        raise bad_input("z", "input 'z' must hold finite numbers")
+    n = _given_batch(ctx, m, z)
     tokens = caption_tokens(model, captions, n)
     check_room(model, n)
     return Inputs(np.ascontiguousarray(z, dtype=np.float32), tokens, None)
