@@ -6,7 +6,6 @@ import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -21,6 +20,7 @@ from .lifecycle import Lifecycle
 from .metrics import ServiceMetrics
 from .middleware import ServiceMiddleware
 from .pipeline import count_refusal
+from .priority import BasePriorityExecutor
 from .registry import ModelRegistry
 from .settings import Settings
 
@@ -67,11 +67,13 @@ def create_app(
         from .engine_link import RemoteRegistry
 
         registry = RemoteRegistry(store, settings, metrics, engine_path)
-    encode_pool = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode")
+    encode_pool = BasePriorityExecutor(settings.encode_threads, "encode")
     ctx = ServiceContext(settings, metrics, registry, lifecycle, encode_pool)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # asyncio.to_thread's threads (model loads) keep the base priority: see priority.py.
+        asyncio.get_running_loop().set_default_executor(BasePriorityExecutor(4, "to-thread"))
         loading = asyncio.get_running_loop().create_task(registry.load_all())
         app.state.loading = loading
         if engine_path is not None:
