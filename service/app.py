@@ -16,7 +16,7 @@ from .admission import make_admission
 from .context import ServiceContext
 from .errors import ServiceError, install_error_handlers
 from .fastpath import LeanRoutes
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, freeze_startup_objects
 from .metrics import ServiceMetrics
 from .middleware import ServiceMiddleware
 from .pipeline import count_refusal
@@ -75,6 +75,7 @@ def create_app(
         # asyncio.to_thread's threads (model loads) keep the base priority: see priority.py.
         asyncio.get_running_loop().set_default_executor(BasePriorityExecutor(4, "to-thread"))
         loading = asyncio.get_running_loop().create_task(registry.load_all())
+        loading.add_done_callback(lambda _: freeze_startup_objects())
         app.state.loading = loading
         if engine_path is not None:
             # One front end of several: it takes no connection from the shared socket before

@@ -86,4 +86,6 @@ class BasePriorityExecutor(ThreadPoolExecutor):
         super().__init__(workers, thread_name_prefix=name)
 
     def _adjust_thread_count(self) -> None:  # called by submit(), under its lock
+        if self._idle_semaphore.acquire(timeout=0):
+            return  # an idle thread takes the job: no hop to the launcher per submit
         on_launcher(super()._adjust_thread_count)

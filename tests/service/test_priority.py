@@ -1,7 +1,9 @@
-"""Admitted work first: worker threads keep the base priority below a lowered event loop."""
+"""Admitted work first: worker threads keep the base priority below a lowered event loop; and
+the loop is not paused by collections of start-up objects."""
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import urllib.request
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.priority import BasePriorityExecutor, lower_this_thread, thread_nice
+from tests.service.conftest import run, running_app
 from tests.support.server import REPO_ROOT, ServiceProcess
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux priorities")
@@ -53,3 +56,18 @@ def test_service_lowers_its_event_loop_and_not_its_inference() -> None:
     base = min(nices.values())
     assert nices[service.pid] == base + 7  # the main thread runs uvicorn's loop
     assert sum(1 for n in nices.values() if n == base) >= 2  # launcher + inference worker
+
+
+def test_app_freezes_its_start_up_objects_once_models_are_loaded(store) -> None:
+    """Full collections then skip modules, routes and sessions: no loop pause per collection."""
+
+    async def scenario() -> int:
+        gc.unfreeze()
+        async with running_app(store) as (app, _client):
+            await app.state.loading
+            return gc.get_freeze_count()
+
+    try:
+        assert run(scenario()) > 10_000
+    finally:
+        gc.unfreeze()
