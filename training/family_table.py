@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     for model_dir in sorted(p for p in store.iterdir() if p.is_dir()):
         versions = version_dirs(model_dir)
-        if versions:
+        # Noise-to-image generators only: translators and text-to-image models have their
+        # own figures (EVALUATION.md), not these columns.
+        if versions and Manifest.load(versions[max(versions)]).kind == "noise-to-image":
             print(row(versions[max(versions)]))
     return 0
 

@@ -49,6 +49,8 @@ def _generators(store: Path) -> list[str]:
 
 
 SHIPPED = _generators(STORE)
+# Models whose documentation says they meet their targets; the rest record a shortfall.
+MEETS_TARGETS = {"mnist-cdcgan", "biggan-mnist", "progan-mnist"}
 FRESH_SEED_BASE = 7_000_000  # disjoint from the evaluation's seeds
 FRESH_SAMPLES = 2000
 
@@ -114,8 +116,7 @@ def test_recorded_evaluation(name: str) -> None:
     else:
         meets = ev["inception_score_ratio"] >= TARGET_IS_RATIO
     assert ev["meets_targets"] is meets
-    if name == "mnist-cdcgan":
-        assert meets
+    assert meets is (name in MEETS_TARGETS)
 
 
 @pytest.mark.slow
