@@ -225,7 +225,21 @@ def translate_parts(images: Any) -> list[tuple[str, tuple[str, bytes, str]]]:
             data = buffer.getvalue()
         kind = "image/jpeg" if data.startswith(b"\xff\xd8\xff") else "image/png"
         parts.append(("images", (f"{i}.img", data, kind)))
+    if not parts:
+        raise ValueError("no images to translate")
     return parts
+
+
+def translate_form(
+    parts: list[tuple[str, tuple[str, bytes, str]]], direction: str
+) -> dict[str, Any]:
+    """The multipart request of one ``/translate`` chunk (answer as ``.npy``)."""
+    return {"files": parts, "data": {"direction": direction, "format": "npy"}}
+
+
+def decode_npy(response: httpx.Response) -> np.ndarray:
+    """A ``format=npy`` answer -> its uint8 array."""
+    return np.load(io.BytesIO(response.content), allow_pickle=False)
 
 
 def to_pil(images: np.ndarray) -> list[Any]:
@@ -289,6 +303,9 @@ class _Base:
     def _model_path(self) -> str:
         path = f"/v2/models/{self.model}"
         return path if self.version is None else f"{path}/versions/{self.version}"
+
+    def _translate_path(self) -> str:
+        return f"/v1/models/{self.model}/translate"
 
     def _should_retry(self, attempt: int, response: httpx.Response | None) -> bool:
         if attempt >= self.max_retries:
@@ -421,12 +438,9 @@ class GanClient(_Base):
         out = []
         for chunk in _chunks(len(parts), self.chunk_size):
             response = self._request(
-                "POST",
-                f"/v1/models/{self.model}/translate",
-                files=parts[chunk],
-                data={"direction": direction, "format": "npy"},
+                "POST", self._translate_path(), **translate_form(parts[chunk], direction)
             )
-            out.append(np.load(io.BytesIO(response.content), allow_pickle=False))
+            out.append(decode_npy(response))
         result = np.concatenate(out) if len(out) > 1 else out[0]
         return to_pil(result) if pil else result
 
@@ -545,3 +559,22 @@ class AsyncGanClient(_Base):
         else:
             images = await self.generate_seeds(seeds, plan_labels(seeds, labels, info))
         return to_pil(images) if pil else images
+
+    async def translate(
+        self, images: Any, direction: str = "A->B", *, pil: bool = False
+    ) -> np.ndarray | list[Any]:
+        """As :meth:`GanClient.translate`; the ``chunk_size`` requests run concurrently (at
+        most ``max_concurrency`` at a time) and come back in order."""
+        parts = translate_parts(images)
+        gate = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(chunk: slice) -> np.ndarray:
+            async with gate:
+                response = await self._request(
+                    "POST", self._translate_path(), **translate_form(parts[chunk], direction)
+                )
+            return decode_npy(response)
+
+        out = await asyncio.gather(*(one(c) for c in _chunks(len(parts), self.chunk_size)))
+        result = np.concatenate(out) if len(out) > 1 else out[0]
+        return to_pil(result) if pil else result
