@@ -103,6 +103,10 @@ def test_scores_of_a_known_translator() -> None:
     assert r["domain_fooled_ab"] >= 0.9 and r["domain_fooled_ba"] >= 0.9
     assert 1.0 < r["cycle_error_a_noise_sigma2"] < 2.0
     assert np.array_equal(images["ab"], 255 - images["a"])
+    # Not translating at all scores what the untranslated floor says it would.
+    same, _ = score_translator(lambda x, _: x, tiny_pair(), log=lambda _: None)
+    assert same["digit_kept_ab"] == pytest.approx(r["digit_kept_untranslated_ab"], abs=0.05)
+    assert same["digit_kept_ba"] == pytest.approx(r["digit_kept_untranslated_ba"], abs=0.05)
 
 
 def test_onnx_translator_runs_both_directions(tmp_path: Path) -> None:
