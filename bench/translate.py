@@ -240,9 +240,9 @@ def bench_translate(model: BenchModel, plan: TranslatePlan, ctx: Any) -> dict[st
     if not model.manifest.translates:
         raise ValueError(f"{model.name} is {model.manifest.kind}, not an image-to-image model")
     started = time.monotonic()
-    threads = ctx.threads or 1
     ctx.log(f"[{model.name}] translate ceiling")
-    ceiling = run_ceiling(model, plan, ctx.server_cpus, threads)
+    # The servers' thread count: 0 (whole machine) is onnxruntime's default, every core.
+    ceiling = run_ceiling(model, plan, ctx.server_cpus, ctx.threads)
     requests = write_requests(model, plan, ctx.work)
     runs: list[dict[str, Any]] = []
     ctx.log(f"[{model.name}] translate service")
