@@ -1,9 +1,11 @@
 """``gan-train stackgan``: train a text-to-image StackGAN on captioned MNIST and export it.
 
-The captions come from the digits themselves (``training/captions.py``). Every step draws one
-phrasing per image, so the model sees varied text. Both stages train together, Stage-II on
-Stage-I's detached output; the run ends after ``--steps`` or ``--minutes``, whichever first,
-then the generator goes to ``model_store/<name>/<version>/`` with its vocabulary file.
+The captions come from the digits themselves (``training/captions.py``). First the text
+encoder is pre-trained against the images (a joint embedding) and frozen, as the paper's
+encoder was; then the GAN trains. Every step draws one phrasing per image, so the model
+sees varied text. Both stages train together, Stage-II on Stage-I's detached output; the
+run ends after ``--steps``, ``--minutes`` or ``--cpu-minutes``, whichever comes first, then
+the generator goes to ``model_store/<name>/<version>/`` with its vocabulary file.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class StackTrainConfig:
     batch_size: int = 32
     lr: float = 2e-4
     beta1: float = 0.5
-    kl_weight: float = 0.5  # the paper's lambda is 1
+    kl_weight: float = 0.05  # the paper's lambda is 1; see docs/TRAINING.md
     mismatch_weight: float = 0.5  # (real, wrong caption) and (fake, caption) share the fake half
     pretrain_steps: int = 400  # text encoder against images, before the GAN; then frozen
     pretrain_batch_size: int = 128
@@ -361,6 +363,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads")
+    parser.add_argument("--kl-weight", type=float, default=defaults.kl_weight, help="KL term")
+    parser.add_argument(
+        "--probe-every",
+        type=int,
+        default=defaults.probe_every,
+        help="log the digit read on 500 held-out captions every N steps (0: never)",
+    )
     parser.add_argument("--out", default=defaults.out, help="run directory (checkpoint)")
     parser.add_argument("--store", default="model_store", help="the model store")
     parser.add_argument("--name", default="mnist-stackgan", help="model name in the store")
@@ -375,6 +384,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         threads=args.threads,
+        kl_weight=args.kl_weight,
+        probe_every=args.probe_every,
     )
     g, info = train(cfg)
     info["command"] = "gan-train " + " ".join(sys.argv[1:])
