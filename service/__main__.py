@@ -150,6 +150,7 @@ def serve_front_end(
     """Serve HTTP on ``sock`` until SIGTERM, then drain; with ``engine_path``, as one front end
     of several (the parent owns Ctrl-C and tells each front end to drain)."""
     from .app import create_app
+    from .priority import lower_this_thread
     from .server_limits import uvicorn_limits
 
     app = create_app(settings, engine_path, metrics_dir)
@@ -175,6 +176,7 @@ def serve_front_end(
         **uvicorn_limits(settings, app),
     )
     server = DrainingServer(config, drain, ignore_sigint=supervised)
+    lower_this_thread(settings.loop_nice)  # uvicorn's loop runs on this thread
     server.run(sockets=[sock])
     return 0 if not server.force_exit else 1
 

@@ -6,7 +6,6 @@ import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -17,10 +16,11 @@ from .admission import make_admission
 from .context import ServiceContext
 from .errors import ServiceError, install_error_handlers
 from .fastpath import LeanRoutes
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, freeze_startup_objects
 from .metrics import ServiceMetrics
 from .middleware import ServiceMiddleware
 from .pipeline import count_refusal
+from .priority import BasePriorityExecutor
 from .registry import ModelRegistry
 from .settings import Settings
 
@@ -67,12 +67,15 @@ def create_app(
         from .engine_link import RemoteRegistry
 
         registry = RemoteRegistry(store, settings, metrics, engine_path)
-    encode_pool = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode")
+    encode_pool = BasePriorityExecutor(settings.encode_threads, "encode")
     ctx = ServiceContext(settings, metrics, registry, lifecycle, encode_pool)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # asyncio.to_thread's threads (model loads) keep the base priority: see priority.py.
+        asyncio.get_running_loop().set_default_executor(BasePriorityExecutor(4, "to-thread"))
         loading = asyncio.get_running_loop().create_task(registry.load_all())
+        loading.add_done_callback(lambda _: freeze_startup_objects())
         app.state.loading = loading
         if engine_path is not None:
             # One front end of several: it takes no connection from the shared socket before

@@ -13,6 +13,9 @@ Rules (see docs/SERVICE.md):
   function (an encoder): it runs on the same worker thread right after the batch that
   completes the request, so a batch costs one hop between the loop and the worker, not one
   per request.
+* A worker that finishes a batch takes the next one itself when it may start at once (the
+  same rule the loop applies), so a loop busy with other work (a flood of refused requests,
+  thousands of connections) delays answers but never leaves the model idle.
 * Bounded: a request that would push the queued images past ``queue_limit`` is refused at once
   (:class:`QueueFull`). A request whose deadline passes before any of its images started is
   failed with :class:`DeadlineExceeded` and never computed. A cancelled request (client gone)
@@ -25,15 +28,16 @@ import asyncio
 import collections
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .metrics import ServiceMetrics
+from .priority import BasePriorityExecutor
 
 log = logging.getLogger("gan_serve.batcher")
 
@@ -102,13 +106,15 @@ class LatentBatcher:
         self._queue: collections.deque[_Job] = collections.deque()
         self._queued = 0  # images not yet handed to a batch
         self._running = 0  # batches in flight
+        # The loop adds to and drops from the queue; a worker may take the next batch off it.
+        self._lock = threading.Lock()
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatch_soon = False
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"infer-{model}")
+        self._executor = BasePriorityExecutor(workers, f"infer-{model}")
         self._batch_seconds = 0.01  # moving estimate, for Retry-After
         self._depth = metrics.queue_depth.labels(model=model) if metrics is not None else None
         self.batches_run = 0
@@ -176,8 +182,9 @@ class LatentBatcher:
             delay = deadline - time.monotonic()
             expiry = job.expiry = loop.call_later(max(delay, 0.0), self._expire, job)
             job.future.add_done_callback(lambda _: expiry.cancel())
-        self._queue.append(job)
-        self._add_queued(n)
+        with self._lock:
+            self._queue.append(job)
+            self._add_queued(n)
         self._idle.clear()
         if not self._dispatch_soon:  # once per loop iteration: requests arriving together
             self._dispatch_soon = True  # share a batch
@@ -206,11 +213,13 @@ class LatentBatcher:
             finished = True
         except asyncio.TimeoutError:
             finished = False
-            while self._queue:  # never leave a caller waiting on a stopped batcher
-                job = self._queue.popleft()
+            with self._lock:
+                left = list(self._queue)
+                self._queue.clear()
+                self._add_queued(-self._queued)
+            for job in left:  # never leave a caller waiting on a stopped batcher
                 if not job.future.done():
                     job.future.set_exception(BatcherClosed(f"{self.model}: closed while queued"))
-            self._add_queued(-self._queued)
         if self._timer is not None:
             self._timer.cancel()
         self._executor.shutdown(wait=False)
@@ -230,19 +239,44 @@ class LatentBatcher:
         loop = self._loop
         assert loop is not None, "start() first"
         self._dispatch_soon = False
-        while self._queue and self._running < self.workers:
-            if self._running and self._queued < self.max_batch_size:
-                # Another batch is running: give this one up to max_batch_delay to fill.
-                due = self._queue[0].enqueued_at + self.max_batch_delay_s
-                if loop.time() < due:
+        while self._running < self.workers:
+            with self._lock:
+                due = self._due(self._running)
+                if due is None:
+                    break
+                now = loop.time()
+                if now < due:
                     self._arm_timer(due)
                     break
-            pieces = self._take_batch(loop.time())
+                pieces = self._take_batch(now)
+                if pieces:
+                    self._running += 1
             if pieces:
-                self._running += 1
                 self._start_batch(loop, pieces)
         if self.idle:
             self._idle.set()
+
+    def _due(self, others_running: int) -> float | None:
+        """When the head of the queue may start (under the lock): None with nothing queued; at
+        once with a full batch queued or no other batch running; else max_batch_delay after
+        the first queued image, to let a fuller batch gather."""
+        if not self._queue:
+            return None
+        if others_running == 0 or self._queued >= self.max_batch_size:
+            return 0.0
+        return self._queue[0].enqueued_at + self.max_batch_delay_s
+
+    def _take_next(self, loop: asyncio.AbstractEventLoop) -> list[_Piece]:
+        """On a worker that just finished a batch: the next batch if it may start now (this
+        worker's batch no longer counts as running), else nothing and the loop decides."""
+        with self._lock:
+            if self._closing and not self._queue:
+                return []
+            due = self._due(self._running - 1)
+            now = loop.time()
+            if due is None or now < due:
+                return []
+            return self._take_batch(now)
 
     def _arm_timer(self, due: float) -> None:
         if self._timer is not None:
@@ -250,7 +284,7 @@ class LatentBatcher:
         self._timer = self._loop.call_at(due, self._dispatch)
 
     def _take_batch(self, now: float) -> list[_Piece]:
-        """Cut up to max_batch_size images off the head of the queue."""
+        """Cut up to max_batch_size images off the head of the queue (under the lock)."""
         pieces: list[_Piece] = []
         room = self.max_batch_size
         while self._queue and room:
@@ -271,35 +305,44 @@ class LatentBatcher:
         return pieces
 
     def _start_batch(self, loop: asyncio.AbstractEventLoop, pieces: list[_Piece]) -> None:
-        """Hand a batch to a worker; its end comes back to the loop as one callback."""
-        z = np.concatenate([job.z[a:b] for job, a, b in pieces])
-        labels = None
-        if pieces[0][0].labels is not None:
-            labels = np.concatenate([job.labels[a:b] for job, a, b in pieces])
+        """Hand a batch to a worker, which goes on with the next batches while they may start
+        at once; each batch's end comes back to the loop as one callback."""
 
         def work() -> None:
-            try:
-                done: Any = self._work(pieces, z, labels)
-                failed: Exception | None = None
-            except Exception as exc:  # noqa: BLE001 - reported to every request of the batch
-                done, failed = None, exc
-            try:
-                loop.call_soon_threadsafe(self._batch_done, pieces, done, failed)
-            except RuntimeError:  # the loop has closed (shutdown): nobody is waiting
-                pass
+            import os as _os
+
+            if _os.environ.get("EXPNICE"):
+                _os.setpriority(_os.PRIO_PROCESS, threading.get_native_id(), 0)
+            batch = pieces
+            while batch:
+                try:
+                    done: Any = self._work(batch)
+                    failed: Exception | None = None
+                except Exception as exc:  # noqa: BLE001 - reported to every request of the batch
+                    done, failed = None, exc
+                following = self._take_next(loop)
+                try:
+                    loop.call_soon_threadsafe(
+                        self._batch_done, batch, done, failed, bool(following)
+                    )
+                except RuntimeError:  # the loop has closed (shutdown): nobody is waiting
+                    return
+                batch = following
 
         try:
             self._executor.submit(work)
         except RuntimeError as exc:  # executor shut down
-            self._batch_done(pieces, None, exc)
+            self._batch_done(pieces, None, exc, False)
 
     def _batch_done(
         self,
         pieces: list[_Piece],
         done: list[tuple[_Job, Any, bool]] | None,
         failed: Exception | None,
+        worker_goes_on: bool,
     ) -> None:
-        """On the loop: deliver a batch's results, then start the next batch at once."""
+        """On the loop: deliver a batch's results; unless its worker went on with the next
+        batch, that worker is free and whatever may start now starts."""
         try:
             if failed is not None:
                 log.error("%s: inference failed for a batch: %r", self.model, failed)
@@ -316,16 +359,19 @@ class LatentBatcher:
                     else:
                         job.future.set_result(result)
         finally:
-            self._running -= 1
-            self._dispatch()
+            if not worker_goes_on:
+                self._running -= 1
+                self._dispatch()
 
-    def _work(
-        self, pieces: list[_Piece], z: np.ndarray, labels: np.ndarray | None
-    ) -> list[tuple[_Job, Any, bool]]:
+    def _work(self, pieces: list[_Piece]) -> list[tuple[_Job, Any, bool]]:
         """On the worker: run the batch, scatter images to their jobs, finish completed jobs.
 
         Returns (job, result or exception, failed) for each job this batch completed.
         """
+        z = np.concatenate([job.z[a:b] for job, a, b in pieces])
+        labels = None
+        if pieces[0][0].labels is not None:
+            labels = np.concatenate([job.labels[a:b] for job, a, b in pieces])
         started = time.perf_counter()
         images = self.run_batch(z, labels)
         elapsed = time.perf_counter() - started
@@ -365,28 +411,37 @@ class LatentBatcher:
 
     def _expire(self, job: _Job) -> None:
         """Deadline passed: fail the job only if none of its images has started."""
-        if job.dispatched == 0 and not job.future.done():
-            self._drop(job)
+        with self._lock:
+            expired = job.dispatched == 0 and not job.future.done() and job in self._queue
+            if expired:
+                self._remove(job)
+        if expired:
+            if self.idle:
+                self._idle.set()
             job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
             self._refuse("deadline")
 
     def _drop(self, job: _Job) -> bool:
-        """Remove a job's undispatched images from the queue; True if any were dropped."""
-        remaining = job.n - job.dispatched
-        # Membership first (identity: eq=False): deque.remove's ValueError would format the
-        # job's repr, arrays included, for every request that was already dispatched.
-        if job not in self._queue:
-            return False
-        self._queue.remove(job)
-        job.dispatched = job.n
-        self._add_queued(-remaining)
+        """On the loop: remove a job's undispatched images from the queue; True if any were
+        dropped."""
+        with self._lock:
+            # Membership first (identity: eq=False): deque.remove's ValueError would format
+            # the job's repr, arrays included, for every request already dispatched.
+            remaining = self._remove(job) if job in self._queue else 0
         if self.idle:
             self._idle.set()
         return remaining > 0
 
+    def _remove(self, job: _Job) -> int:
+        """Under the lock: take a queued job out; returns its undispatched image count."""
+        remaining = job.n - job.dispatched
+        self._queue.remove(job)
+        job.dispatched = job.n
+        self._add_queued(-remaining)
+        return remaining
+
     def _forget(self, job: _Job) -> None:
-        if job in self._queue:
-            self._drop(job)
+        self._drop(job)
 
     def _add_queued(self, delta: int) -> None:
         self._queued += delta

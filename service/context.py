@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -19,7 +19,7 @@ class ServiceContext:
     metrics: ServiceMetrics
     registry: ModelRegistry
     lifecycle: Lifecycle
-    encode_pool: ThreadPoolExecutor
+    encode_pool: Executor
 
 
 def context(request: Request) -> ServiceContext:

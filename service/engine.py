@@ -18,6 +18,7 @@ from typing import Any
 
 from .batcher import BatcherClosed, DeadlineExceeded, QueueFull, Ticket
 from .ipc import FrameProtocol, ModelInfo
+from .lifecycle import freeze_startup_objects
 from .metrics import ServiceMetrics
 from .registry import LoadedModel, ModelNotFound, ModelRegistry, ReloadRefused
 from .settings import Settings
@@ -72,6 +73,7 @@ class Engine:
         )
         loading = loop.create_task(self.registry.load_all())
         loading.add_done_callback(lambda _: self.broadcast_state())
+        loading.add_done_callback(lambda _: freeze_startup_objects())
         await stop.wait()
         log.info("engine stopping")
         server.close()

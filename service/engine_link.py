@@ -16,7 +16,6 @@ import asyncio
 import itertools
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from .batcher import BatcherClosed, DeadlineExceeded, Finish, LatentBatcher, Que
 from .ipc import FrameProtocol, ModelInfo
 from .manifest import Manifest
 from .metrics import ServiceMetrics
+from .priority import BasePriorityExecutor
 from .registry import LoadedModel, ModelNotFound, ModelRegistry, ReloadRefused
 from .settings import Settings
 
@@ -71,7 +71,7 @@ class EngineLink:
         self.retry_after: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._closing = False
-        self._pool = ThreadPoolExecutor(encode_threads, thread_name_prefix="encode")
+        self._pool = BasePriorityExecutor(encode_threads, "encode")
 
     @property
     def up(self) -> bool:

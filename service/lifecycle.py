@@ -1,8 +1,10 @@
-"""Drain state shared by the app, its middleware and the server's SIGTERM handling."""
+"""Drain state shared by the app, its middleware and the server's SIGTERM handling, and the
+end of start-up."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 
@@ -32,3 +34,12 @@ class Lifecycle:
             if now - started >= timeout:
                 return False
             await asyncio.sleep(0.02)
+
+
+def freeze_startup_objects() -> None:
+    """Once the models are loaded: move every object alive now (modules, routes, sessions) out
+    of the garbage collector's reach. A full collection then scans only what requests made
+    since, instead of pausing the event loop for tens of milliseconds (a p99 spike for every
+    request in flight) each time it runs."""
+    gc.collect()
+    gc.freeze()

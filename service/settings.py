@@ -122,6 +122,13 @@ class Settings(BaseSettings):
         ge=1,
         description="requests handled at once; more get 503 before their body is read",
     )
+    loop_nice: int = Field(
+        default=5,
+        ge=0,
+        le=19,
+        description="how many nice steps below the batches a front end's event loop runs, so "
+        "admitted work finishes first under a flood (service/priority.py); 0 = same priority",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="log verbosity"
     )

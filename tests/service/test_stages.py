@@ -260,6 +260,33 @@ def test_batches_grow_while_one_runs_and_each_gets_its_own() -> None:
     run(scenario())
 
 
+def test_a_busy_loop_does_not_leave_the_model_idle() -> None:
+    """A worker finishing a batch starts the queued next one itself: while the event loop is
+    blocked (a flood of refusals, say), every queued batch still runs."""
+
+    async def scenario():
+        ran: list[float] = []
+
+        def run_batch(z, labels):
+            ran.append(time.monotonic())
+            time.sleep(0.01)
+            return _echo(z, labels)
+
+        b = LatentBatcher(run_batch, model="m", max_batch_size=2)
+        pending = [asyncio.ensure_future(b.submit(_z([i, i]))) for i in range(6)]
+        while not ran:  # the first batch has started
+            await asyncio.sleep(0.001)
+        blocked_from = time.monotonic()
+        time.sleep(0.5)  # the loop is busy elsewhere, runs no callback
+        blocked_until = time.monotonic()
+        results = await asyncio.gather(*pending)
+        assert [out[0, 0, 0, 0] for out in results] == list(range(6))
+        assert len(ran) == 6 and all(blocked_from <= t < blocked_until for t in ran[1:])
+        await b.close()
+
+    run(scenario())
+
+
 def test_queue_limit_refuses_at_once() -> None:
     async def scenario():
         slow = _SlowEcho()
