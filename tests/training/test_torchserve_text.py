@@ -11,12 +11,14 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from service.manifest import latents_from_seeds
 from tests.support.tiny_text_model import tiny_pixels, write_tiny_text_model
-from tests.training.test_torchserve import FakeContext
+from tests.training.test_torchserve import FakeContext, _post
 from training.torchserve_archive import build_mar, mar_contents
+from training.torchserve_runner import TorchServeProcess
 
 
 def test_text_archive_serves_captions_and_names_unknown_words(tmp_path: Path) -> None:
@@ -49,3 +51,16 @@ def test_text_archive_serves_captions_and_names_unknown_words(tmp_path: Path) ->
     assert json.loads(out[2])["error"].startswith("text: unknown words: purple")
     assert json.loads(out[3])["field"] == "text" and json.loads(out[4])["field"] == "label"
     assert context.status == {2: 400, 3: 400, 4: 400}
+
+
+@pytest.mark.slow
+def test_torchserve_serves_a_caption(tmp_path: Path) -> None:
+    version_dir = write_tiny_text_model(tmp_path / "store", nz=4, max_tokens=4, size=8)
+    mar = build_mar(version_dir, tmp_path / "words.mar")
+    with TorchServeProcess(mar, batch_size=2, max_batch_delay_ms=20) as ts:
+        status, kind, body = _post(ts.predict_url, {"seed": 3, "text": "a thin one"})
+        assert status == 200 and kind.startswith("image/png")
+        want = tiny_pixels(latents_from_seeds([3], 4), np.array([[1, 3, 4, 0]]))[0]
+        assert (np.asarray(Image.open(io.BytesIO(body))) == want).all()
+        status, _, body = _post(ts.predict_url, {"seed": 3, "text": "a purple one"})
+        assert status == 400 and json.loads(body)["field"] == "text"
