@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from service.lifecycle import YOUNG_COLLECTION_THRESHOLD
 from service.priority import BasePriorityExecutor, lower_this_thread, thread_nice
 from tests.service.conftest import run, running_app
 from tests.support.server import REPO_ROOT, ServiceProcess
@@ -65,9 +66,12 @@ def test_app_freezes_its_start_up_objects_once_models_are_loaded(store) -> None:
         gc.unfreeze()
         async with running_app(store) as (app, _client):
             await app.state.loading
-            return gc.get_freeze_count()
+            return gc.get_freeze_count(), gc.get_threshold()[0]
 
+    before = gc.get_threshold()
     try:
-        assert run(scenario()) > 10_000
+        frozen, young_threshold = run(scenario())
+        assert frozen > 10_000 and young_threshold == YOUNG_COLLECTION_THRESHOLD
     finally:
         gc.unfreeze()
+        gc.set_threshold(*before)
