@@ -55,10 +55,15 @@ class ModelInfo:
     channels: int
     num_classes: int
     class_names: list[str] = field(default_factory=list)
+    kind: str = "noise-to-image"  # or "text-to-image": captions instead of labels
 
     @property
     def conditional(self) -> bool:
         return self.num_classes > 0
+
+    @property
+    def takes_text(self) -> bool:
+        return self.kind == "text-to-image"
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> ModelInfo:
@@ -78,6 +83,7 @@ class ModelInfo:
             channels=int(channels),
             num_classes=num_classes if "label" in inputs else 0,
             class_names=list(params.get("class_names", [])),
+            kind=str(params.get("kind", "noise-to-image")),
         )
 
 
@@ -249,6 +255,14 @@ def to_pil(images: np.ndarray) -> list[Any]:
     if images.shape[-1] == 1:
         return [Image.fromarray(img[:, :, 0], mode="L") for img in images]
     return [Image.fromarray(img, mode="RGB") for img in images]
+
+
+def check_text(info: ModelInfo, text: object) -> None:
+    """A text-to-image model needs captions, and only such a model takes them."""
+    if info.takes_text and text is None:
+        raise ValueError(f"model {info.name!r} draws from captions; pass text")
+    if text is not None and not info.takes_text:
+        raise ValueError(f"model {info.name!r} is {info.kind}; it takes no text")
 
 
 def plan_captions(text: str | Sequence[str], n: int) -> list[str]:
@@ -423,6 +437,7 @@ class GanClient(_Base):
         ``text``: a text-to-image model's caption for all images, or one per image."""
         info = self.info()
         seeds = plan_seeds(n, seed)
+        check_text(info, text)
         if text is not None:
             images = self.generate_seeds(seeds, None, plan_captions(text, n))
         else:
@@ -554,6 +569,7 @@ class AsyncGanClient(_Base):
     ) -> np.ndarray | list[Any]:
         info = await self.info()
         seeds = plan_seeds(n, seed)
+        check_text(info, text)
         if text is not None:
             images = await self.generate_seeds(seeds, None, plan_captions(text, n))
         else:
