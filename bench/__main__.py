@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -62,6 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--layouts", default="whole,pinned", help="whole (nothing pinned), pinned, or both"
     )
+    parser.add_argument(
+        "--translate",
+        action="store_true",
+        help="bench the translate route of an image-to-image model (--model: a version dir; "
+        "default: the shipped mnist-fonts-cyclegan) against its in-process ceiling instead",
+    )
     return parser.parse_args(argv)
 
 
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if set(layouts) - {"whole", "pinned"}:
         raise SystemExit("--layouts takes whole, pinned or both")
     every_core = sorted(os.sched_getaffinity(0))
+    if args.translate:
+        return translate_main(args, layouts, server_cpus, client_cpus, every_core, argv)
     specs = args.models or (list(DEFAULT_MODELS[:1]) if args.quick else list(DEFAULT_MODELS))
     models = [resolve_model(spec, args.work) for spec in specs]
     started = time.monotonic()
@@ -123,6 +132,54 @@ def main(argv: list[str] | None = None) -> int:
     meta["seconds"] = time.monotonic() - started
     meta["loadavg_end"] = list(os.getloadavg())
     paths = write_outputs(result, args.out)
+    print(paths["md"].read_text(encoding="utf-8"))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return 0
+
+
+def translate_main(
+    args: argparse.Namespace,
+    layouts: list[str],
+    server_cpus: str,
+    client_cpus: str,
+    every_core: list[int],
+    argv: list[str] | None,
+) -> int:
+    """``--translate``: the translate route in each layout, beside its ceiling."""
+    from bench.translate import (
+        QUICK_TRANSLATE_PLAN,
+        TranslatePlan,
+        bench_translate,
+        resolve_translator,
+        write_translate_outputs,
+    )
+
+    plan = QUICK_TRANSLATE_PLAN if args.quick else TranslatePlan()
+    if args.seconds:
+        plan = TranslatePlan(**{**asdict(plan), "seconds": args.seconds})
+    model = resolve_translator((args.models or [None])[0], args.work)
+    meta = machine_facts()
+    meta["started"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    meta["command"] = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result: dict = {"meta": meta, "layouts": {}}
+    for layout in layouts:
+        if layout == "whole":
+            os.sched_setaffinity(0, set(every_core))
+            ctx = Context(args.work, None, None, args.threads, layout="whole")
+            ctx.wrk_threads = len(every_core)
+        else:
+            os.sched_setaffinity(0, {int(c) for c in client_cpus.split(",")})
+            threads = args.threads or len(server_cpus.split(","))
+            ctx = Context(args.work, server_cpus, client_cpus, threads)
+        ctx.log(f"== layout {layout}")
+        result["layouts"][layout] = {
+            "server_cpus": ctx.server_cpus or "all (not pinned)",
+            "client_cpus": ctx.client_cpus or "all (same host, not pinned)",
+            "result": bench_translate(model, plan, ctx),
+        }
+    os.sched_setaffinity(0, set(every_core))
+    meta["loadavg_end"] = list(os.getloadavg())
+    paths = write_translate_outputs(result, args.out)
     print(paths["md"].read_text(encoding="utf-8"))
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0

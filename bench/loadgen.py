@@ -21,6 +21,7 @@ import numpy as np
 from bench.procs import LOOPBACK, pinned
 
 LUA_SCRIPT = Path(__file__).with_name("lua") / "bench.lua"
+BODIES_SCRIPT = Path(__file__).with_name("lua") / "bodies.lua"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,18 @@ class Workload:
         label = seed % self.classes if self.classes else 0
         fill = lambda t: t.replace("{seed}", str(seed)).replace("{label}", str(label))  # noqa: E731
         return fill(self.path), fill(self.body)
+
+
+@dataclass(frozen=True)
+class BodyRequest:
+    """One kind of request whose bodies are binary files, sent as they are."""
+
+    name: str
+    images_per_request: int
+    method: str
+    path: str
+    content_type: str
+    body_files: tuple[Path, ...]
 
 
 def _check_loopback(base_url: str) -> tuple[str, int]:
@@ -87,6 +100,64 @@ def run_wrk(
     """A closed loop: ``connections`` connections, each sending its next request as soon as the
     previous answer arrives, for ``seconds`` seconds, from ``wrk_threads`` wrk threads (one per
     core the load generator has)."""
+    script_args = [
+        workload.method,
+        workload.path,
+        workload.body,
+        str(workload.classes),
+        str(seed_base),
+    ]
+    return _run_wrk_script(
+        base_url,
+        LUA_SCRIPT,
+        script_args,
+        workload.images_per_request,
+        connections,
+        seconds,
+        cpus,
+        timeout_s,
+        wrk_threads,
+    )
+
+
+def run_wrk_bodies(
+    base_url: str,
+    request: BodyRequest,
+    connections: int,
+    seconds: float,
+    cpus: str | None = None,
+    timeout_s: float = 10.0,
+    wrk_threads: int = 1,
+) -> dict[str, Any]:
+    """:func:`run_wrk` for requests whose bodies are binary files (images, multipart uploads),
+    cycled through in order."""
+    script_args = [request.method, request.path, request.content_type]
+    script_args += [str(path) for path in request.body_files]
+    return _run_wrk_script(
+        base_url,
+        BODIES_SCRIPT,
+        script_args,
+        request.images_per_request,
+        connections,
+        seconds,
+        cpus,
+        timeout_s,
+        wrk_threads,
+    )
+
+
+def _run_wrk_script(
+    base_url: str,
+    script: Path,
+    script_args: list[str],
+    images_per_request: int,
+    connections: int,
+    seconds: float,
+    cpus: str | None,
+    timeout_s: float,
+    wrk_threads: int,
+) -> dict[str, Any]:
+    """wrk with one of our Lua scripts; its BENCH_JSON line as a result row."""
     _check_loopback(base_url)
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -99,14 +170,10 @@ def run_wrk(
             f"-d{max(1, round(seconds))}s",
             f"--timeout={max(1, round(timeout_s))}s",
             "-s",
-            str(LUA_SCRIPT),
+            str(script),
             base_url,
             "--",
-            workload.method,
-            workload.path,
-            workload.body,
-            str(workload.classes),
-            str(seed_base),
+            *script_args,
         ],
         cpus,
     )
@@ -127,7 +194,7 @@ def run_wrk(
         errors=errors,
         seconds=raw["duration_us"] / 1e6,
         latencies_ms=None,
-        images_per_request=workload.images_per_request,
+        images_per_request=images_per_request,
         pcts=pcts,
         mode="closed",
         concurrency=connections,

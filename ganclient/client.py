@@ -55,10 +55,15 @@ class ModelInfo:
     channels: int
     num_classes: int
     class_names: list[str] = field(default_factory=list)
+    kind: str = "noise-to-image"  # or "text-to-image": captions instead of labels
 
     @property
     def conditional(self) -> bool:
         return self.num_classes > 0
+
+    @property
+    def takes_text(self) -> bool:
+        return self.kind == "text-to-image"
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> ModelInfo:
@@ -78,6 +83,7 @@ class ModelInfo:
             channels=int(channels),
             num_classes=num_classes if "label" in inputs else 0,
             class_names=list(params.get("class_names", [])),
+            kind=str(params.get("kind", "noise-to-image")),
         )
 
 
@@ -225,7 +231,21 @@ def translate_parts(images: Any) -> list[tuple[str, tuple[str, bytes, str]]]:
             data = buffer.getvalue()
         kind = "image/jpeg" if data.startswith(b"\xff\xd8\xff") else "image/png"
         parts.append(("images", (f"{i}.img", data, kind)))
+    if not parts:
+        raise ValueError("no images to translate")
     return parts
+
+
+def translate_form(
+    parts: list[tuple[str, tuple[str, bytes, str]]], direction: str
+) -> dict[str, Any]:
+    """The multipart request of one ``/translate`` chunk (answer as ``.npy``)."""
+    return {"files": parts, "data": {"direction": direction, "format": "npy"}}
+
+
+def decode_npy(response: httpx.Response) -> np.ndarray:
+    """A ``format=npy`` answer -> its uint8 array."""
+    return np.load(io.BytesIO(response.content), allow_pickle=False)
 
 
 def to_pil(images: np.ndarray) -> list[Any]:
@@ -235,6 +255,14 @@ def to_pil(images: np.ndarray) -> list[Any]:
     if images.shape[-1] == 1:
         return [Image.fromarray(img[:, :, 0], mode="L") for img in images]
     return [Image.fromarray(img, mode="RGB") for img in images]
+
+
+def check_text(info: ModelInfo, text: object) -> None:
+    """A text-to-image model needs captions, and only such a model takes them."""
+    if info.takes_text and text is None:
+        raise ValueError(f"model {info.name!r} draws from captions; pass text")
+    if text is not None and not info.takes_text:
+        raise ValueError(f"model {info.name!r} is {info.kind}; it takes no text")
 
 
 def plan_captions(text: str | Sequence[str], n: int) -> list[str]:
@@ -289,6 +317,9 @@ class _Base:
     def _model_path(self) -> str:
         path = f"/v2/models/{self.model}"
         return path if self.version is None else f"{path}/versions/{self.version}"
+
+    def _translate_path(self) -> str:
+        return f"/v1/models/{self.model}/translate"
 
     def _should_retry(self, attempt: int, response: httpx.Response | None) -> bool:
         if attempt >= self.max_retries:
@@ -406,6 +437,7 @@ class GanClient(_Base):
         ``text``: a text-to-image model's caption for all images, or one per image."""
         info = self.info()
         seeds = plan_seeds(n, seed)
+        check_text(info, text)
         if text is not None:
             images = self.generate_seeds(seeds, None, plan_captions(text, n))
         else:
@@ -421,12 +453,9 @@ class GanClient(_Base):
         out = []
         for chunk in _chunks(len(parts), self.chunk_size):
             response = self._request(
-                "POST",
-                f"/v1/models/{self.model}/translate",
-                files=parts[chunk],
-                data={"direction": direction, "format": "npy"},
+                "POST", self._translate_path(), **translate_form(parts[chunk], direction)
             )
-            out.append(np.load(io.BytesIO(response.content), allow_pickle=False))
+            out.append(decode_npy(response))
         result = np.concatenate(out) if len(out) > 1 else out[0]
         return to_pil(result) if pil else result
 
@@ -540,8 +569,28 @@ class AsyncGanClient(_Base):
     ) -> np.ndarray | list[Any]:
         info = await self.info()
         seeds = plan_seeds(n, seed)
+        check_text(info, text)
         if text is not None:
             images = await self.generate_seeds(seeds, None, plan_captions(text, n))
         else:
             images = await self.generate_seeds(seeds, plan_labels(seeds, labels, info))
         return to_pil(images) if pil else images
+
+    async def translate(
+        self, images: Any, direction: str = "A->B", *, pil: bool = False
+    ) -> np.ndarray | list[Any]:
+        """As :meth:`GanClient.translate`; the ``chunk_size`` requests run concurrently (at
+        most ``max_concurrency`` at a time) and come back in order."""
+        parts = translate_parts(images)
+        gate = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(chunk: slice) -> np.ndarray:
+            async with gate:
+                response = await self._request(
+                    "POST", self._translate_path(), **translate_form(parts[chunk], direction)
+                )
+            return decode_npy(response)
+
+        out = await asyncio.gather(*(one(c) for c in _chunks(len(parts), self.chunk_size)))
+        result = np.concatenate(out) if len(out) > 1 else out[0]
+        return to_pil(result) if pil else result

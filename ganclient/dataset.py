@@ -4,6 +4,7 @@ Each epoch covers the seeds ``base_seed .. base_seed + num_samples - 1`` exactly
 range is cut into one contiguous slice per ``DataLoader`` worker, so workers never repeat
 each other's images. Images come from a running service (:class:`GanClient`) or from the
 ONNX file in-process (:class:`LocalGenerator`), created inside each worker after fork.
+A text-to-image model draws from ``captions``, used in turn by position in the epoch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ganclient.client import GanClient, ModelInfo
+from ganclient.client import GanClient, ModelInfo, check_text
 
 UNCONDITIONAL_LABEL = -1
 
@@ -48,7 +49,10 @@ class GanDataset(IterableDataset):
     ``image`` is float32 [C,H,W] in [0, 1] (then ``transform`` if given); ``label`` is an
     int (-1 for an unconditional model). With ``real_dataset`` and ``mix_ratio`` p, a
     fraction p of the stream (on average) is drawn from the real map-style dataset instead,
-    yielded as that dataset returns it (seed -1)."""
+    yielded as that dataset returns it (seed -1).
+
+    A text-to-image model needs ``captions``: item i of the epoch is drawn from caption
+    ``captions[i % len(captions)]`` and streamed as ``(image, caption)``."""
 
     def __init__(
         self,
@@ -60,6 +64,7 @@ class GanDataset(IterableDataset):
         local: str | Path | None = None,
         balance: bool = True,
         classes: Sequence[int] | None = None,
+        captions: Sequence[str] | None = None,
         real_dataset: Dataset | None = None,
         mix_ratio: float = 0.0,
         chunk_size: int = 64,
@@ -76,6 +81,8 @@ class GanDataset(IterableDataset):
             raise ValueError("mix_ratio > 0 needs a real_dataset")
         if url is None and local is None:
             raise ValueError("give a service url or a local model path")
+        if captions is not None and (isinstance(captions, str) or not captions):
+            raise ValueError("captions must be a non-empty list of strings")
         self.url = url
         self.model = model
         self.local = local
@@ -83,6 +90,7 @@ class GanDataset(IterableDataset):
         self.base_seed = base_seed
         self.balance = balance
         self.classes = None if classes is None else [int(c) for c in classes]
+        self.captions = None if captions is None else [str(c) for c in captions]
         self.real_dataset = real_dataset
         self.mix_ratio = mix_ratio
         self.chunk_size = chunk_size
@@ -112,10 +120,14 @@ class GanDataset(IterableDataset):
         mix_rng = np.random.Generator(np.random.PCG64([self.base_seed, wid, 0x3A1]))
         with self._source() as source:
             info = source.info()
+            check_text(info, self.captions)
             classes = self._classes(info)
             for start in range(indices.start, indices.stop, self.chunk_size):
                 chunk = range(start, min(indices.stop, start + self.chunk_size))
                 seeds = [self.base_seed + i for i in chunk]
+                if self.captions is not None:
+                    yield from self._captioned(source, seeds, chunk, mix_rng)
+                    continue
                 labels = None
                 if classes is not None:
                     labels = np.array(
@@ -132,6 +144,18 @@ class GanDataset(IterableDataset):
                     image = images[k] if self.transform is None else self.transform(images[k])
                     yield (image, label, seed) if self.return_seed else (image, label)
 
+    def _captioned(
+        self, source: Any, seeds: list[int], chunk: range, mix_rng: np.random.Generator
+    ) -> Iterator[tuple[Any, ...]]:
+        """A text-to-image chunk: ``(image, caption)`` per seed, captions in turn."""
+        assert self.captions is not None
+        captions = [self.captions[i % len(self.captions)] for i in chunk]
+        images = to_tensor(source.generate_seeds(seeds, None, captions))
+        for k, seed in enumerate(seeds):
+            yield from self._real_items(mix_rng)
+            image = images[k] if self.transform is None else self.transform(images[k])
+            yield (image, captions[k], seed) if self.return_seed else (image, captions[k])
+
     def _real_items(self, rng: np.random.Generator) -> Iterator[tuple[Any, ...]]:
         """Before each generated item, yield k real items with P(k) geometric, so real items
         make up ``mix_ratio`` of the stream on average."""
@@ -140,4 +164,5 @@ class GanDataset(IterableDataset):
         size = len(self.real_dataset)  # type: ignore[arg-type]
         while rng.random() < self.mix_ratio:
             image, label = self.real_dataset[int(rng.integers(size))][:2]
-            yield (image, int(label), -1) if self.return_seed else (image, int(label))
+            label = label if self.captions is not None else int(label)  # a caption stays text
+            yield (image, label, -1) if self.return_seed else (image, label)

@@ -1,5 +1,7 @@
 """Run an exported generator in-process with onnxruntime, with the same API as the HTTP
-clients, so sampling and datasets work without a running service."""
+clients, so sampling and datasets work without a running service. A text-to-image model's
+captions are tokenised here by the shipped vocabulary (``service/text.py``), as the service
+does."""
 
 from __future__ import annotations
 
@@ -9,15 +11,24 @@ from typing import Any
 
 import numpy as np
 
-from ganclient.client import ModelInfo, plan_labels, plan_seeds, to_pil
+from ganclient.client import (
+    ModelInfo,
+    check_text,
+    plan_captions,
+    plan_labels,
+    plan_seeds,
+    to_pil,
+)
 from service.manifest import (
     IMAGE_OUTPUT,
     LABEL_INPUT,
     LATENT_INPUT,
+    TOKENS_INPUT,
     Manifest,
     model_latents,
     version_dirs,
 )
+from service.text import Vocabulary, load_vocabulary
 
 
 def resolve_model_dir(path: str | Path, model: str | None = None) -> Path:
@@ -51,6 +62,11 @@ class LocalGenerator:
         self.manifest = Manifest.load(self.directory)
         self.manifest.verify_artifact(self.directory)
         self.chunk_size = chunk_size
+        self.vocabulary: Vocabulary | None = None
+        if self.manifest.text is not None:
+            sums = {side.file: side.sha256 for side in self.manifest.side_files}
+            vocab_file = self.manifest.text.vocabulary
+            self.vocabulary = load_vocabulary(self.directory, sums[vocab_file])
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self._session = ort.InferenceSession(
@@ -78,14 +94,30 @@ class LocalGenerator:
             channels=m.channels,
             num_classes=m.num_classes,
             class_names=list(m.class_names),
+            kind=m.kind,
         )
 
-    def generate_latents(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    def generate_latents(
+        self,
+        z: np.ndarray,
+        labels: np.ndarray | None = None,
+        captions: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """uint8 [n,H,W,C]; a text-to-image model takes one caption per latent (unknown
+        words raise :class:`service.text.CaptionError`, a ValueError)."""
+        check_text(self.info(), captions)
+        tokens = None
+        if self.vocabulary is not None and captions is not None:
+            if len(captions) != len(z):
+                raise ValueError(f"{len(captions)} captions for {len(z)} latents")
+            tokens = self.vocabulary.encode_many(list(captions))
         parts = []
         for start in range(0, len(z), self.chunk_size):
             feed: dict[str, np.ndarray] = {
                 LATENT_INPUT: np.ascontiguousarray(z[start : start + self.chunk_size], np.float32)
             }
+            if tokens is not None:
+                feed[TOKENS_INPUT] = tokens[start : start + self.chunk_size]
             if self.manifest.conditional:
                 if labels is None:
                     raise ValueError("conditional model needs labels")
@@ -96,8 +128,13 @@ class LocalGenerator:
             parts.append(images)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    def generate_seeds(self, seeds: Sequence[int], labels: np.ndarray | None = None) -> np.ndarray:
-        return self.generate_latents(model_latents(self.manifest, list(seeds)), labels)
+    def generate_seeds(
+        self,
+        seeds: Sequence[int],
+        labels: np.ndarray | None = None,
+        captions: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        return self.generate_latents(model_latents(self.manifest, list(seeds)), labels, captions)
 
     def generate(
         self,
@@ -105,8 +142,15 @@ class LocalGenerator:
         labels: int | Sequence[int] | np.ndarray | None = None,
         seed: int | None = None,
         *,
+        text: str | Sequence[str] | None = None,
         pil: bool = False,
     ) -> np.ndarray | list[Any]:
+        """n images from seeds ``seed + i``; ``text``: a text-to-image model's caption for
+        all images, or one per image (as :meth:`GanClient.generate`)."""
         seeds = plan_seeds(n, seed)
-        images = self.generate_seeds(seeds, plan_labels(seeds, labels, self.info()))
+        check_text(self.info(), text)
+        if text is not None:
+            images = self.generate_seeds(seeds, None, plan_captions(text, n))
+        else:
+            images = self.generate_seeds(seeds, plan_labels(seeds, labels, self.info()))
         return to_pil(images) if pil else images

@@ -2,10 +2,11 @@
 shards, or one ``.npz``.
 
 Deterministic: image i has seed ``base_seed + i`` and label ``labels[i % len(labels)]``
-(all classes in turn by default, so the set is balanced). Resumable: every file is written
-under a temporary name and renamed when complete, and a rerun with the same arguments only
-produces what is missing. Works against a running service or, with ``--local``, runs the
-ONNX model in-process.
+(all classes in turn by default, so the set is balanced); a text-to-image model's image i
+has caption ``captions[i % len(captions)]`` instead (``--text``, repeatable). Resumable:
+every file is written under a temporary name and renamed when complete, and a rerun with
+the same arguments only produces what is missing. Works against a running service or,
+with ``--local``, runs the ONNX model in-process.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -25,7 +27,7 @@ from typing import Any, NoReturn
 import httpx
 import numpy as np
 
-from ganclient.client import GanClient, GanServeError, ModelInfo
+from ganclient.client import GanClient, GanServeError, ModelInfo, check_text
 
 LAYOUTS = ("imagefolder", "webdataset", "npz")
 RUN_FILE = ".gan-sample.json"
@@ -45,6 +47,18 @@ class SamplePlan:
     labels: list[int] | None  # the cycle of labels; None for an unconditional model
     layout: str
     shard_size: int
+    captions: list[str] | None = None  # the cycle of captions of a text-to-image model
+
+    def record(self) -> dict[str, Any]:
+        """The run's identity as written beside its output (no captions key without text,
+        so runs recorded before captions existed still match)."""
+        data = asdict(self)
+        if self.captions is None:
+            del data["captions"]
+        return data
+
+    def caption(self, i: int) -> str | None:
+        return None if self.captions is None else self.captions[i % len(self.captions)]
 
     def seed(self, i: int) -> int:
         return self.base_seed + i
@@ -63,6 +77,11 @@ class SampleReport:
     written: int
     skipped: int
     out: Path
+
+
+def caption_dir_name(caption: str) -> str:
+    """A caption as a folder name: its lower-cased words joined by underscores."""
+    return re.sub(r"[^a-z0-9]+", "_", caption.lower()).strip("_") or "caption"
 
 
 def class_dir_name(label: int | None, num_classes: int) -> str:
@@ -92,7 +111,7 @@ def check_run(directory: Path, plan: SamplePlan) -> None:
     """Refuse to mix two different runs in one output; record this run otherwise."""
     directory.mkdir(parents=True, exist_ok=True)
     record = directory / RUN_FILE
-    wanted = asdict(plan)
+    wanted = plan.record()
     if record.is_file():
         found = json.loads(record.read_text())
         if found != wanted:
@@ -127,17 +146,24 @@ class _Progress:
 
 
 def _generate(source: Any, plan: SamplePlan, indices: list[int]) -> np.ndarray:
-    return source.generate_seeds([plan.seed(i) for i in indices], plan.label_array(indices))
+    seeds = [plan.seed(i) for i in indices]
+    if plan.captions is not None:
+        return source.generate_seeds(seeds, None, [plan.caption(i) for i in indices])
+    return source.generate_seeds(seeds, plan.label_array(indices))
+
+
+def _folder(plan: SamplePlan, i: int, info: ModelInfo) -> str:
+    caption = plan.caption(i)
+    if caption is not None:
+        return caption_dir_name(caption)
+    return class_dir_name(plan.label(i), info.num_classes)
 
 
 def write_imagefolder(
     source: Any, plan: SamplePlan, out: Path, info: ModelInfo, chunk: int, bar: Callable
 ) -> SampleReport:
     check_run(out, plan)
-    paths = [
-        out / class_dir_name(plan.label(i), info.num_classes) / f"{plan.seed(i):012d}.png"
-        for i in range(plan.n)
-    ]
+    paths = [out / _folder(plan, i, info) / f"{plan.seed(i):012d}.png" for i in range(plan.n)]
     missing = [i for i in range(plan.n) if not paths[i].is_file()]
     progress = bar(plan.n, plan.n - len(missing))
     for start in range(0, len(missing), chunk):
@@ -148,6 +174,9 @@ def write_imagefolder(
             atomic_write(paths[i], lambda p, d=data: p.write_bytes(d))
         progress.update(len(part))
     progress.close()
+    if plan.captions is not None:
+        folders = {caption_dir_name(c): c for c in plan.captions}
+        (out / "captions.json").write_text(json.dumps(folders, indent=1) + "\n")
     if info.conditional:
         names = info.class_names or [str(c) for c in range(info.num_classes)]
         (out / "classes.json").write_text(
@@ -160,7 +189,8 @@ def write_imagefolder(
 def write_webdataset(
     source: Any, plan: SamplePlan, out: Path, info: ModelInfo, chunk: int, bar: Callable
 ) -> SampleReport:
-    """Shards ``shard-000000.tar`` ... with ``<key>.png``, ``<key>.cls``, ``<key>.json``."""
+    """Shards ``shard-000000.tar`` ... with ``<key>.png``, ``<key>.cls`` (or ``<key>.txt``,
+    the caption), ``<key>.json``."""
     check_run(out, plan)
     shards = [range(s, min(plan.n, s + plan.shard_size)) for s in range(0, plan.n, plan.shard_size)]
     todo = [k for k in range(len(shards)) if not (out / f"shard-{k:06d}.tar").is_file()]
@@ -178,6 +208,10 @@ def write_webdataset(
                 if label is not None:
                     members.append((f"{key}.cls", str(label).encode()))
                 meta = {"seed": plan.seed(i), "label": label, "model": info.name}
+                caption = plan.caption(i)
+                if caption is not None:
+                    members.append((f"{key}.txt", caption.encode()))
+                    meta["text"] = caption
                 members.append((f"{key}.json", json.dumps(meta).encode()))
             progress.update(len(part))
         atomic_write(out / f"shard-{k:06d}.tar", lambda p, m=members: _write_tar(p, m))
@@ -197,11 +231,12 @@ def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
 def write_npz(
     source: Any, plan: SamplePlan, out: Path, info: ModelInfo, chunk: int, bar: Callable
 ) -> SampleReport:
-    """One ``.npz`` with ``images`` uint8 [N,H,W,C], ``seeds`` and ``labels`` int64 [N].
+    """One ``.npz`` with ``images`` uint8 [N,H,W,C], ``seeds`` and ``labels`` int64 [N] (or
+    ``captions``, str [N]).
     Finished chunks wait in ``<out>.parts/`` until the last one lands."""
     if out.is_file():
         with np.load(out) as existing:
-            if json.loads(str(existing["plan"])) != asdict(plan):
+            if json.loads(str(existing["plan"])) != plan.record():
                 raise SampleConflict(f"{out} holds a different sample run; use another --out")
         return SampleReport(written=0, skipped=plan.n, out=out)
     parts_dir = out.with_name(out.name + ".parts")
@@ -220,9 +255,11 @@ def write_npz(
     images = np.concatenate([np.load(part_path[s]) for s in starts])
     seeds = np.array([plan.seed(i) for i in range(plan.n)], dtype=np.int64)
     labels = plan.label_array(range(plan.n))
-    arrays: dict[str, Any] = {"images": images, "seeds": seeds, "plan": json.dumps(asdict(plan))}
+    arrays: dict[str, Any] = {"images": images, "seeds": seeds, "plan": json.dumps(plan.record())}
     if labels is not None:
         arrays["labels"] = labels
+    if plan.captions is not None:
+        arrays["captions"] = np.array([plan.caption(i) for i in range(plan.n)])
     atomic_write(out, lambda p: _save_npz(p, arrays))
     shutil.rmtree(parts_dir)
     return SampleReport(written=plan.n - done, skipped=done, out=out)
@@ -249,16 +286,21 @@ def run_sample(
     layout: str = "imagefolder",
     base_seed: int = 0,
     labels: Sequence[int] | None = None,
+    captions: Sequence[str] | None = None,
     chunk_size: int = 256,
     shard_size: int = 1000,
     progress: bool = False,
 ) -> SampleReport:
-    """Write n images from ``source`` (a GanClient or LocalGenerator) to ``out``."""
+    """Write n images from ``source`` (a GanClient or LocalGenerator) to ``out``; a
+    text-to-image model needs ``captions`` (used in turn)."""
     if layout not in WRITERS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
     if n < 1 or chunk_size < 1 or shard_size < 1:
         raise ValueError("n, chunk_size and shard_size must be >= 1")
     info = source.info()
+    check_text(info, list(captions) if captions else None)
+    if info.takes_text and labels:
+        raise ValueError(f"model {info.name!r} draws from captions; do not pass labels")
     if info.conditional:
         cycle = list(labels) if labels else list(range(info.num_classes))
         bad = [c for c in cycle if not 0 <= c < info.num_classes]
@@ -268,7 +310,8 @@ def run_sample(
         raise ValueError(f"model {info.name!r} is unconditional; do not pass labels")
     else:
         cycle = None
-    plan = SamplePlan(info.name, n, base_seed, cycle, layout, shard_size)
+    texts = list(captions) if captions else None
+    plan = SamplePlan(info.name, n, base_seed, cycle, layout, shard_size, texts)
     path = Path(out)
     if layout == "npz" and path.suffix != ".npz":
         path = path.with_suffix(".npz")
@@ -327,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_labels,
         default=None,
         help="comma-separated labels used in turn (default: every class in turn, balanced)",
+    )
+    p.add_argument(
+        "--text",
+        action="append",
+        metavar="CAPTION",
+        help="a text-to-image model's caption; repeat for several, used in turn",
     )
     p.add_argument(
         "--url", type=service_url, default="http://127.0.0.1:8000", help="service base URL"
@@ -408,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 layout=args.layout,
                 base_seed=args.seed,
                 labels=args.labels,
+                captions=args.text,
                 chunk_size=args.chunk_size,
                 shard_size=args.shard_size,
                 progress=not args.no_progress,

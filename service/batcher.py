@@ -410,7 +410,11 @@ class LatentBatcher:
     # --- bookkeeping ----------------------------------------------------------------------
 
     def _expire(self, job: _Job) -> None:
-        """Deadline passed: fail the job only if none of its images has started."""
+        """Deadline passed: fail the job only if none of its images has started, and could not
+        start now either (a dispatch already due goes first: a lone request with a tight
+        deadline on an idle batcher is computed, not refused)."""
+        if self._dispatch_soon:
+            self._dispatch()
         with self._lock:
             expired = job.dispatched == 0 and not job.future.done() and job in self._queue
             if expired:

@@ -28,7 +28,7 @@ from .manifest import Manifest
 from .metrics import ServiceMetrics
 from .priority import BasePriorityExecutor
 from .registry import LoadedModel, ModelNotFound, ModelRegistry, ReloadRefused
-from .settings import Settings
+from .settings import Settings, usable_cores
 
 log = logging.getLogger("gan_serve.front_end")
 
@@ -313,6 +313,14 @@ class RemoteRegistry(ModelRegistry):
         self.link = EngineLink(engine_path, self, settings.encode_threads)
         self._link_task: asyncio.Task | None = None
         self._applying: asyncio.Task | None = None
+
+    def session_threads(self) -> int:
+        """A front end running its models itself shares the cores with the other front ends,
+        which do the same: each session gets its share (threads oversubscribing the cores
+        slowed every batch by half on 2 cores), unless ``threads`` says otherwise."""
+        if self.settings.threads:
+            return self.settings.threads
+        return max(1, usable_cores() // self.settings.front_ends())
 
     def runs_here(self, info: ModelInfo) -> bool:
         mode = self.settings.inference

@@ -238,6 +238,10 @@ class ModelRegistry:
             log.info("%s v%d serving on %s%s", name, version, loaded.provider, replaced)
             return loaded, previous.version if previous else None
 
+    def session_threads(self) -> int:
+        """onnxruntime intra-op threads per session: ``threads`` (0: all cores)."""
+        return self.settings.threads
+
     def _load_version(self, name: str, version: int, directory: Path) -> LoadedModel:
         """Blocking: read and check the manifest and artifact, open the session, warm it up."""
         where = f"{name} v{version}"  # answers name the version, never a server path
@@ -261,7 +265,7 @@ class ModelRegistry:
         s = self.settings
         options = RuntimeOptions(
             device=s.device,
-            threads=s.threads,
+            threads=self.session_threads(),
             max_batch_size=s.max_batch_size,
             buckets=s.batch_buckets,
             cuda_graphs=s.cuda_graphs,

@@ -38,7 +38,12 @@ class Settings(BaseSettings):
         "the engine process fed by every front end; local = each front end's own batcher (no "
         "IPC per request); auto = engine on CUDA, local on the CPU (docs/BENCHMARKS.md)",
     )
-    threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="onnxruntime intra-op threads per session; 0 = all cores, shared out "
+        "among front ends that run their own sessions (inference local)",
+    )
 
     # Dynamic batcher.
     max_batch_size: int = Field(default=64, ge=1, le=4096, description="images per inference")

@@ -11,6 +11,7 @@ in turn); image i is drawn from seed ``SAMPLE_SEED_BASE + i``.
   threshold gap's midpoint (target: at least 80% each), beside the same share for the
   held-out real images the captions were made from (100% by construction: the ceiling), and
   the strict share (measured outside the gap, on the caption's word).
+- ``targets_met``: which of these targets the figures meet.
 - **diversity**: for each digit's most frequent held-out caption, the mean pairwise distance
   between generated images of that caption (different seeds) in the classifier's feature
   space, beside the same for the real held-out images with that caption; a ratio near 1 means
@@ -165,15 +166,20 @@ def evaluate_text_model(version_dir: Path, *, write: bool = False) -> dict[str, 
                 else float("nan"),
             }
     ratios = [v["generated"] / v["real"] for v in diversity.values() if v["real"] > 0]
+    attributes = agreement(fake, captions)
+    digit_read = float((read == digits).mean())
+    met = {"digit_read": digit_read >= DIGIT_TARGET}
+    met |= {name: a["agree"] >= ATTRIBUTE_TARGET for name, a in attributes.items()}
     result = {
         "kind": "text-to-image",
         "heldout_captions": len(captions),
-        "digit_read": float((read == digits).mean()),
+        "digit_read": digit_read,
         "digit_read_real": float((real_read == digits).mean()),
         "digit_read_target": DIGIT_TARGET,
-        "attributes": agreement(fake, captions),
+        "attributes": attributes,
         "attributes_real": agreement(real, captions),
         "attribute_target": ATTRIBUTE_TARGET,
+        "targets_met": met,
         "diversity": diversity,
         "diversity_ratio_median": float(np.median(ratios)) if ratios else float("nan"),
         "reference_classifier_heldout_accuracy": reference.heldout_accuracy,

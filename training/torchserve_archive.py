@@ -3,6 +3,8 @@
 
 The archive holds the ONNX graph, its manifest, the handler and a copy of the model contract
 module; no torch model file is needed because the handler runs the graph with ONNX Runtime.
+A text-to-image model's archive adds its side files (the vocabulary) and a copy of the
+tokenizer, ``service/text.py``.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import zipfile
 from pathlib import Path
 
 import service.manifest as contract
+import service.text as tokenizer
 from service.manifest import MANIFEST_FILE, Manifest
 
 HANDLER_SOURCE = Path(__file__).with_name("torchserve_handler.py")
 HANDLER_FILE = "torchserve_handler.py"
 CONTRACT_FILE = "manifest.py"
+TOKENIZER_FILE = "text.py"
 
 
 def _archiver_command() -> list[str]:
@@ -45,7 +49,8 @@ def build_mar(version_dir: str | Path, out_path: str | Path) -> Path:
     if manifest.translates:
         raise ValueError(
             f"{version_dir} holds an image-to-image model; the TorchServe handler serves "
-            "noise-to-image generators only (serve it with gan-serve's translate route)"
+            "noise- and text-to-image generators only (serve it with gan-serve's translate "
+            "route)"
         )
     manifest.verify_artifact(version_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +59,13 @@ def build_mar(version_dir: str | Path, out_path: str | Path) -> Path:
         shutil.copy2(HANDLER_SOURCE, stage / HANDLER_FILE)
         shutil.copy2(contract.__file__, stage / CONTRACT_FILE)
         shutil.copy2(version_dir / MANIFEST_FILE, stage / MANIFEST_FILE)
+        extra = [stage / MANIFEST_FILE, stage / CONTRACT_FILE]
+        if manifest.takes_text:
+            shutil.copy2(tokenizer.__file__, stage / TOKENIZER_FILE)
+            extra.append(stage / TOKENIZER_FILE)
+        for side in manifest.side_files:
+            shutil.copy2(version_dir / side.file, stage / side.file)
+            extra.append(stage / side.file)
         export_dir = stage / "export"
         export_dir.mkdir()
         cmd = _archiver_command() + [
@@ -66,7 +78,7 @@ def build_mar(version_dir: str | Path, out_path: str | Path) -> Path:
             "--handler",
             str(stage / HANDLER_FILE),
             "--extra-files",
-            f"{stage / MANIFEST_FILE},{stage / CONTRACT_FILE}",
+            ",".join(str(path) for path in extra),
             "--export-path",
             str(export_dir),
             "--force",

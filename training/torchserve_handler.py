@@ -3,11 +3,14 @@
 This file travels inside the ``.mar`` archive together with ``generator.onnx``,
 ``manifest.json`` and the model contract module ``manifest.py`` (a copy of
 ``service/manifest.py``), so the archive is self-contained: seeds become latents by the
-same rule as in the service. TorchServe requires exactly one class in a handler module, so
+same rule as in the service. A text-to-image model's archive adds its vocabulary file and
+the tokenizer ``text.py`` (a copy of ``service/text.py``), so captions become the same
+token ids as in the service. TorchServe requires exactly one class in a handler module, so
 bad input is signalled with plain ``ValueError`` (messages start with the field's name).
 
 Request bodies (JSON): ``{"seed": 7, "label": 3}`` or ``{"z": [nz floats], "label": 3}``;
-``label`` is required for conditional generators and refused for unconditional ones.
+``label`` is required for conditional generators and refused for unconditional ones;
+a text-to-image model takes ``{"seed": 7, "text": "a thick seven"}`` instead.
 A bad request gets its own 400 with a JSON error; the rest of the batch is still served.
 """
 
@@ -29,18 +32,21 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 
-def _load_contract(model_dir: str) -> ModuleType:
-    """The model contract module: the copy bundled in the archive, else the installed one."""
-    bundled = os.path.join(model_dir, "manifest.py")
+def _load_bundled(model_dir: str, file: str, name: str, installed: str) -> ModuleType:
+    """A module bundled in the archive (``file``), else the installed one."""
+    bundled = os.path.join(model_dir, file)
     if os.path.isfile(bundled):
-        spec = importlib.util.spec_from_file_location("gan_serve_model_contract", bundled)
+        spec = importlib.util.spec_from_file_location(name, bundled)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # pydantic resolves the annotations through it
         spec.loader.exec_module(module)
         return module
-    import service.manifest
+    return importlib.import_module(installed)
 
-    return service.manifest
+
+def _load_contract(model_dir: str) -> ModuleType:
+    """The model contract module: the copy bundled in the archive, else the installed one."""
+    return _load_bundled(model_dir, "manifest.py", "gan_serve_model_contract", "service.manifest")
 
 
 class GeneratorHandler:
@@ -51,6 +57,7 @@ class GeneratorHandler:
         self.session: ort.InferenceSession | None = None
         self.manifest: Any = None
         self.contract: ModuleType | None = None
+        self.vocabulary: Any = None  # a text-to-image model's tokenizer
 
     def initialize(self, context: Any) -> None:
         props = context.system_properties
@@ -58,6 +65,11 @@ class GeneratorHandler:
         self.contract = _load_contract(model_dir)
         self.manifest = self.contract.Manifest.load(model_dir)
         self.manifest.verify_artifact(model_dir)
+        if self.manifest.text is not None:
+            text = _load_bundled(model_dir, "text.py", "gan_serve_text", "service.text")
+            sums = {side.file: side.sha256 for side in self.manifest.side_files}
+            vocab_file = self.manifest.text.vocabulary
+            self.vocabulary = text.load_vocabulary(model_dir, sums[vocab_file])
         providers = ["CPUExecutionProvider"]
         gpu_id = props.get("gpu_id")
         if gpu_id is not None and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -102,13 +114,15 @@ class GeneratorHandler:
             raise ValueError(f"{field}: must be between {low} and {high}, got {value}")
         return value
 
-    def parse(self, request: dict[str, Any]) -> tuple[np.ndarray, int]:
-        """One request -> (latent float32 [nz], label); label is 0 for unconditional models."""
+    def parse(self, request: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        """One request -> (latent float32 [nz], condition): the label (0 for unconditional
+        models), or a text-to-image model's token ids int64 [max_tokens]."""
         m, contract = self.manifest, self.contract
         body = self._body(request)
-        unknown = sorted(set(body) - {"seed", "z", "label"})
+        other = "text" if m.takes_text else "label"
+        unknown = sorted(set(body) - {"seed", "z", other})
         if unknown:
-            raise ValueError(f"{unknown[0]}: unknown field (expected seed or z, and label)")
+            raise ValueError(f"{unknown[0]}: unknown field (expected seed or z, and {other})")
         if ("seed" in body) == ("z" in body):
             raise ValueError("seed: give exactly one of 'seed' or 'z'")
         if "seed" in body:
@@ -123,6 +137,8 @@ class GeneratorHandler:
                 raise ValueError(f"z: expected a list of {m.nz} numbers") from exc
             if not np.isfinite(z).all():
                 raise ValueError("z: values must be finite")
+        if m.takes_text:
+            return z, self._tokens(body)
         if m.conditional:
             if "label" not in body:
                 raise ValueError(f"label: required, an integer from 0 to {m.num_classes - 1}")
@@ -133,12 +149,23 @@ class GeneratorHandler:
             label = 0
         return z, label
 
+    def _tokens(self, body: dict[str, Any]) -> np.ndarray:
+        caption = body.get("text")
+        if not isinstance(caption, str):
+            raise ValueError("text: required, a caption such as 'a thick seven'")
+        try:
+            return self.vocabulary.encode(caption)
+        except ValueError as exc:  # the tokenizer's CaptionError names the words at fault
+            words = ", ".join(self.vocabulary.known_words())
+            raise ValueError(f"text: {exc} (the vocabulary: {words})") from None
+
     # --- the TorchServe pipeline -----------------------------------------------------------
 
     def preprocess(
         self, requests: list[dict[str, Any]]
     ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-        """Batch the valid requests: z [n, nz], labels [n]; errors maps request index -> message."""
+        """Batch the valid requests: z [n, nz], labels [n] (or tokens [n, max_tokens]); errors
+        maps request index -> message."""
         latents, labels, errors = [], [], {}
         for i, request in enumerate(requests):
             try:
@@ -150,15 +177,21 @@ class GeneratorHandler:
             labels.append(label)
         nz = self.manifest.nz
         z_batch = np.stack(latents) if latents else np.empty((0, nz), dtype=np.float32)
+        if self.vocabulary is not None:
+            width = self.vocabulary.max_tokens
+            tokens = np.stack(labels) if labels else np.empty((0, width), dtype=np.int64)
+            return z_batch, tokens, errors
         return z_batch, np.asarray(labels, dtype=np.int64), errors
 
     def inference(self, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """uint8 images [n, H, W, C]."""
+        """uint8 images [n, H, W, C]; ``labels`` holds token ids for a text-to-image model."""
         m, contract = self.manifest, self.contract
         if len(z) == 0:
             return np.empty((0, m.image_size, m.image_size, m.channels), dtype=np.uint8)
         feeds = {contract.LATENT_INPUT: z}
-        if m.conditional:
+        if m.takes_text:
+            feeds[contract.TOKENS_INPUT] = labels
+        elif m.conditional:
             feeds[contract.LABEL_INPUT] = labels
         return self.session.run([contract.IMAGE_OUTPUT], feeds)[0]
 

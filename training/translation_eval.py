@@ -6,7 +6,8 @@ Classifiers are trained on real training images only, never on translations:
 - **digit kept**: a digit classifier of domain B (trained on B's training images) reads the
   A->B translations of held-out A digits, and one of domain A reads B->A; the share whose
   digit is still the source's (target: at least 90%), beside each classifier's accuracy on
-  real held-out images of its own domain (the ceiling);
+  real held-out images of its own domain (the ceiling) and on the source images not
+  translated at all (the floor a translation has to beat);
 - **domain fooled**: a two-class domain classifier (trained on both domains' training images)
   calls a translation the target domain (a real held-out image: its accuracy);
 - **cycle error**: mean absolute pixel error of A->B->A and B->A->B against the source, on
@@ -191,6 +192,13 @@ def score_translator(
         )
         r["digit_kept_ab"] = round(float((predict(digits_b, to_tensor(ab)) == la).mean()), 4)
         r["digit_kept_ba"] = round(float((predict(digits_a, to_tensor(ba)) == lb).mean()), 4)
+        # The floor a translation must beat: the source image itself, not translated.
+        r["digit_kept_untranslated_ab"] = round(
+            accuracy(digits_b, pair.heldout_a.images, pair.heldout_a.labels), 4
+        )
+        r["digit_kept_untranslated_ba"] = round(
+            accuracy(digits_a, pair.heldout_b.images, pair.heldout_b.labels), 4
+        )
         r["digit_kept_aba"] = round(float((predict(digits_a, to_tensor(aba)) == la).mean()), 4)
         r["digit_kept_bab"] = round(float((predict(digits_b, to_tensor(bab)) == lb).mean()), 4)
         r["digit_kept_target"] = DIGIT_KEPT_TARGET
@@ -238,6 +246,8 @@ def render_report(m: Manifest, r: dict[str, Any]) -> str:
         lines += [
             f"| digit kept (target >= {target}) | {r['digit_kept_ab']:.1%} "
             f"| {r['digit_kept_ba']:.1%} |",
+            f"| digit kept untranslated (the source as is) | "
+            f"{r['digit_kept_untranslated_ab']:.1%} | {r['digit_kept_untranslated_ba']:.1%} |",
             f"| digit kept after the cycle | {r['digit_kept_aba']:.1%} "
             f"| {r['digit_kept_bab']:.1%} |",
             f"| digit classifier, real held-out (ceiling) | B: {ceiling_b:.1%} "

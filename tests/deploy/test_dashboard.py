@@ -180,6 +180,25 @@ def test_dashboards_reference_only_metrics_the_service_exports(live_service):
         assert name in sampled, name
 
 
+def test_translate_traffic_is_counted_by_route_and_model(live_service):
+    """The translate panels and the per-model panels (images/s, batch sizes) see translations."""
+    text = httpx.get(f"{live_service.url}/metrics", timeout=5).text
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def total(name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for s in samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    route = "/v1/models/{name}/translate"
+    assert total("gan_serve_requests_total", route=route, status="200") >= 1
+    assert total("gan_serve_request_duration_seconds_count", route=route) >= 1
+    assert total("gan_serve_images_generated_total", model="flip") >= 1
+    assert total("gan_serve_batch_size_images_count", model="flip") >= 1
+
+
 def grafana_to_promql(expr: str) -> str:
     """What Grafana sends: its interval macro and dashboard variables substituted."""
     expr = expr.replace("$__rate_interval", "15s")

@@ -3,6 +3,7 @@ Inference Protocol with a UINT8 image input (tritonclient), and gan-sample --tra
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import tritonclient.http as triton
 from PIL import Image
 
-from ganclient.client import GanClient, GanServeError
+from ganclient.client import AsyncGanClient, GanClient, GanServeError
 from ganclient.sample import main as sample_main
 from tests.support.tiny_translator import write_tiny_translator
 
@@ -38,7 +39,31 @@ def test_client_translate(translator_service) -> None:
         assert pics[0].mode == "L" and np.array_equal(np.asarray(pics[0]), 255 - x[0, :, :, 0])
         with pytest.raises(GanServeError) as err:
             client.translate([b"not an image"])
+        with pytest.raises(ValueError, match="no images"):
+            client.translate([])
     assert err.value.status_code == 415
+
+
+def test_async_client_translate(translator_service) -> None:
+    """Chunks run concurrently and come back in order; errors as the sync client's."""
+    x = images(7)
+
+    async def run() -> tuple[np.ndarray, np.ndarray, list, GanServeError]:
+        async with AsyncGanClient(
+            translator_service.url, "flip", chunk_size=2, max_concurrency=3
+        ) as client:
+            forward, back = await asyncio.gather(client.translate(x), client.translate(x, "B->A"))
+            pics = await client.translate(x[:1], pil=True)
+            with pytest.raises(GanServeError) as err:
+                await client.translate([b"not an image"])
+            with pytest.raises(ValueError, match="no images"):
+                await client.translate([])
+        return forward, back, pics, err.value
+
+    forward, back, pics, err = asyncio.run(run())
+    assert np.array_equal(forward, 255 - x) and np.array_equal(back, x)
+    assert pics[0].mode == "L" and np.array_equal(np.asarray(pics[0]), 255 - x[0, :, :, 0])
+    assert err.status_code == 415
 
 
 def test_open_inference_protocol_uint8_input(translator_service) -> None:

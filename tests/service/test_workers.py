@@ -288,3 +288,24 @@ def test_front_ends_default_to_the_cores_a_container_may_use(tmp_path) -> None:
     assert usable_cores(cpu_max) == cores
     assert usable_cores(tmp_path / "absent") == cores
     assert Settings(workers=3).front_ends() == 3
+
+
+def test_front_ends_running_their_own_sessions_share_the_cores(tmp_path, monkeypatch) -> None:
+    """Each front end's onnxruntime session gets cores / front ends threads, not all cores
+    (two front ends x all cores oversubscribed a 2-core host and halved every batch)."""
+    import service.engine_link as engine_link
+    from service.engine_link import RemoteRegistry
+    from service.metrics import ServiceMetrics
+    from service.registry import ModelRegistry
+
+    monkeypatch.setattr(engine_link, "usable_cores", lambda: 8)
+
+    def threads(**settings) -> int:
+        registry = RemoteRegistry(tmp_path, Settings(**settings), ServiceMetrics(), "unused")
+        return registry.session_threads()
+
+    assert threads(workers=2) == 4
+    assert threads(workers=3) == 2
+    assert threads(workers=16) == 1
+    assert threads(workers=2, threads=3) == 3
+    assert ModelRegistry(tmp_path, Settings(workers=2), ServiceMetrics()).session_threads() == 0

@@ -4,7 +4,9 @@ Capacity is a closed loop of a few connections asking for n=64 npy (the queue ne
 the flood is 256 connections asking the same at once, so most are refused with 503 and resend
 at once, as a naive retry loop does. Goodput is the rate of 200 answers in each run.
 
-``python -m tests.support.flood [--seconds 4]`` prints both runs and their ratio.
+``python -m tests.support.flood [--seconds 4] [-- SERVICE ARGS]`` prints both runs and their
+ratio; the service runs as one process with one onnxruntime thread unless the arguments say
+otherwise (``-- --workers 2``).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ CAPACITY_CONNECTIONS = 4
 FLOOD_CONNECTIONS = 256
 
 
-def measure(seconds: float = 4.0, store: Path | None = None) -> dict[str, Any]:
-    """Capacity and flood runs against one service process -> their rows and the ratio."""
+def measure(
+    seconds: float = 4.0, store: Path | None = None, service_args: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Capacity and flood runs against one service -> their rows and the ratio."""
     store = store or REPO_ROOT / "model_store"
-    with ServiceProcess(store, "--threads", "1") as service:
+    with ServiceProcess(store, "--threads", "1", *service_args) as service:
         capacity = run_wrk(service.url, BULK, CAPACITY_CONNECTIONS, seconds, timeout_s=5)
         flood = run_wrk(service.url, BULK, FLOOD_CONNECTIONS, seconds, timeout_s=5)
     return {
@@ -45,8 +49,9 @@ def measure(seconds: float = 4.0, store: Path | None = None) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("service_args", nargs="*", help="after --: arguments for the service")
     args = parser.parse_args()
-    print(json.dumps(measure(args.seconds), indent=1))
+    print(json.dumps(measure(args.seconds, service_args=tuple(args.service_args)), indent=1))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,24 @@ def test_typeset_digits_are_deterministic() -> None:
     assert np.array_equal(first, again) and not np.array_equal(first, other)
 
 
+def test_patch_discriminator_judges_16x16_patches() -> None:
+    """One score per 16x16 patch of a 32x32 image (the documented PatchGAN scaling), and
+    a score moves only with the pixels of its own patch."""
+    from training.families.cyclegan import CycleGAN, CycleGANConfig, receptive_field
+
+    d = CycleGAN(CycleGANConfig()).d_a.eval()
+    assert receptive_field(d) == 16
+    assert d(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 16, 16)
+    for i, layer in enumerate(d.net):  # instance norm mixes the whole image: leave it out
+        if isinstance(layer, torch.nn.InstanceNorm2d):
+            d.net[i] = torch.nn.Identity()
+    x = torch.rand(1, 1, 32, 32, requires_grad=True)
+    scores = d(x)
+    scores[0, 0, 8, 8].backward()
+    rows, cols = torch.nonzero(x.grad[0, 0]).unbind(1)
+    assert int(rows.max()) - int(rows.min()) < 16 and int(cols.max()) - int(cols.min()) < 16
+
+
 def test_folder_pair_needs_both_folders(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="--data-b"):
         load_domain_pair(str(tmp_path), None)
@@ -103,6 +121,10 @@ def test_scores_of_a_known_translator() -> None:
     assert r["domain_fooled_ab"] >= 0.9 and r["domain_fooled_ba"] >= 0.9
     assert 1.0 < r["cycle_error_a_noise_sigma2"] < 2.0
     assert np.array_equal(images["ab"], 255 - images["a"])
+    # Not translating at all scores what the untranslated floor says it would.
+    same, _ = score_translator(lambda x, _: x, tiny_pair(), log=lambda _: None)
+    assert same["digit_kept_ab"] == pytest.approx(r["digit_kept_untranslated_ab"], abs=0.05)
+    assert same["digit_kept_ba"] == pytest.approx(r["digit_kept_untranslated_ba"], abs=0.05)
 
 
 def test_onnx_translator_runs_both_directions(tmp_path: Path) -> None:
@@ -143,7 +165,7 @@ def test_tiny_run_exports_one_graph_with_parity(tmp_path: Path) -> None:
     session = ort.InferenceSession(str(version_dir / "generator.onnx"))
     out = session.run(None, {"source": source, "direction": np.array([0, 1] * 4, np.int64)})[0]
     with torch.no_grad():
-        x = pair.heldout_a.images[:4]
+        x = torch.from_numpy(source).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # what ORT saw
         to_b = to_uint8_nhwc(model.g_ab(torch.cat([x[:1]])))
         to_a = to_uint8_nhwc(model.g_ba(torch.cat([x[1:2]])))
     assert np.abs(out[0].astype(int) - to_b[0]).max() <= 1  # row 0: direction 0, A->B

@@ -11,8 +11,16 @@ import torch
 from service.manifest import TEXT_TO_IMAGE, Manifest, latents_from_seeds
 from service.text import load_vocabulary
 from training.captions import THRESHOLDS, attribute_words, captions_for, phrasings, vocabulary
-from training.families.stackgan import StackGANConfig, StackGenerator
-from training.stackgan_train import StackTrainConfig, export_stackgan, mismatched, train
+from training.data import load_embedded_mnist
+from training.families.stackgan import StackGANConfig, StackGenerator, joint_embedding_loss
+from training.stackgan_train import (
+    StackTrainConfig,
+    captioned,
+    export_stackgan,
+    mismatched,
+    pretrain_text_encoder,
+    train,
+)
 
 
 def stroke(width: int, lean: float) -> np.ndarray:
@@ -48,14 +56,22 @@ def test_captions_are_deterministic_and_in_the_vocabulary() -> None:
     ]
 
 
-def test_mismatched_captions_name_another_digit() -> None:
+def test_mismatched_captions_are_false_of_the_image() -> None:
     labels = torch.tensor([3, 3, 3, 5, 5, 1, 1, 1])
-    wrong = mismatched(labels)
-    assert (labels[wrong] != labels).all()
+    sides = torch.zeros(8, 3, dtype=torch.int64)
+    sides[0, 0], sides[1, 0] = 1, -1  # a thick three and a thin three
+    for seed in range(5):
+        wrong = mismatched(labels, sides, torch.Generator().manual_seed(seed))
+        false = (labels[wrong] != labels) | (sides[wrong] * sides == -1).any(1)
+        assert false.all() and (wrong != torch.arange(8)).all()
+    # A thick three's only false caption of its digit is the thin three's.
+    same_digit = torch.tensor([3, 3, 3])
+    wrong = mismatched(same_digit, sides[:3], torch.Generator().manual_seed(0))
+    assert wrong[:2].tolist() == [1, 0]
 
 
 def test_export_is_a_text_to_image_model(tmp_path: Path) -> None:
-    cfg = StackTrainConfig(out=str(tmp_path / "run"), steps=2, batch_size=8)
+    cfg = StackTrainConfig(out=str(tmp_path / "run"), steps=2, batch_size=8, pretrain_steps=2)
     generator, info = train(cfg)
     assert info["steps"] == 2
     version_dir = export_stackgan(generator, tmp_path / "store", "captions", info)
@@ -92,3 +108,21 @@ def test_attribute_agreement_reads_the_caption_words() -> None:
     assert right["thickness"]["agree"] == 1.0 and right["slant"]["agree"] == 1.0
     assert wrong["thickness"]["agree"] == 0.0 and wrong["slant"]["captions"] == 1
     assert wrong["slant"]["agree"] == 0.0
+
+
+def test_pretrained_text_encoder_matches_captions_to_images_and_is_frozen() -> None:
+    torch.manual_seed(0)
+    vocab = vocabulary()
+    train_split, _ = load_embedded_mnist(32)
+    data = captioned(train_split, vocab)
+    cfg = StackGANConfig(vocab_size=vocab.size, max_tokens=vocab.max_tokens)
+    g = StackGenerator(cfg)
+    gen = torch.Generator().manual_seed(0)
+    before = pretrain_text_encoder(g.text, cfg, data, StackTrainConfig(pretrain_steps=0), gen)
+    after = pretrain_text_encoder(g.text, cfg, data, StackTrainConfig(pretrain_steps=60), gen)
+    assert after["digit_nearest_centre"] > max(0.8, before["digit_nearest_centre"])
+    assert not any(p.requires_grad for p in g.text.parameters())
+    text = g.text(torch.stack([t[0] for t in data.tokens[:8]]))
+    assert torch.allclose(text.norm(dim=1), torch.full((8,), cfg.text_dim**0.5))
+    same = joint_embedding_loss(text, text, torch.arange(8))
+    assert same < joint_embedding_loss(text, text.roll(1, 0), torch.arange(8))

@@ -4,10 +4,12 @@ Adversarial Networks"): two generators G_AB, G_BA and two discriminators D_A, D_
 The generator is the paper's ResNet generator (Johnson et al. 2016) scaled to 32x32: a 7x7
 stem, two stride-2 downsamplings, residual blocks at 8x8, two stride-2 upsamplings and a 7x7
 tanh head, with instance norm and reflection padding. The discriminator is the paper's
-PatchGAN (C64-C128-C256 with LeakyReLU 0.2, instance norm from the second block) with one
-stride-2 block fewer, so each of its 7x7 outputs judges a 16x16 patch of a 32x32 image (the
-paper's 70x70 patches of 256x256 images are about the same fraction). The loss is least
-squares (LSGAN), D's targets 1 for real and 0 for fake.
+PatchGAN (C64-C128-C256 with LeakyReLU 0.2, instance norm from the second block, one score
+per patch) scaled to 32x32: one stride-2 4x4 block, then 3x3 stride-1 blocks, so each of its
+16x16 scores judges a 16x16 patch (receptive field: :func:`receptive_field`). The paper's
+70x70 patches cover 27% of a 256-pixel side; a 16x16 patch covers half of a 32-pixel digit
+image (docs/TRAINING.md). The loss is least squares (LSGAN), D's targets 1 for real and 0 for
+fake.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class ResnetGenerator(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """image [N, C, 32, 32] -> realness scores [N, 1, 7, 7], one per 16x16 patch."""
+    """image [N, C, 32, 32] -> realness scores [N, 1, 16, 16], one per 16x16 patch."""
 
     def __init__(self, cfg: CycleGANConfig):
         super().__init__()
@@ -101,17 +103,25 @@ class PatchDiscriminator(nn.Module):
         self.net = nn.Sequential(
             nn.Conv2d(c, f, 4, 2, 1),  # f x 16 x 16
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(f, 2 * f, 4, 2, 1, bias=False),  # 2f x 8 x 8
+            nn.Conv2d(f, 2 * f, 3, 1, 1, bias=False),  # 2f x 16 x 16
             nn.InstanceNorm2d(2 * f, affine=True),
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * f, 4 * f, 4, 1, 1, bias=False),  # 4f x 7 x 7
+            nn.Conv2d(2 * f, 4 * f, 3, 1, 1, bias=False),  # 4f x 16 x 16
             nn.InstanceNorm2d(4 * f, affine=True),
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(4 * f, 1, 3, 1, 1),  # 1 x 7 x 7
+            nn.Conv2d(4 * f, 1, 3, 1, 1),  # 1 x 16 x 16
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def receptive_field(module: nn.Module) -> int:
+    """Side of the input patch one output of a stack of square convolutions sees."""
+    side = 1
+    for conv in reversed([m for m in module.modules() if isinstance(m, nn.Conv2d)]):
+        side = side * conv.stride[0] + conv.kernel_size[0] - conv.stride[0]
+    return side
 
 
 def init_weights(module: nn.Module) -> None:

@@ -44,18 +44,64 @@ class StackGANConfig:
 
 
 class TextEncoder(nn.Module):
-    """Token ids [N, L] (0 = padding) -> caption embedding [N, text_dim]."""
+    """Token ids [N, L] (0 = padding) -> caption embedding [N, text_dim].
+
+    Each word has an embedding and a learned importance score; the caption is the
+    score-weighted (softmax over its words) mean of its embeddings, so a word that tells the
+    image apart (the digit) can outweigh frame words ("a", "the digit") instead of being
+    diluted by them. The output has norm sqrt(text_dim): pre-trained against images on the
+    cosine (``joint_embedding_loss``), then frozen.
+    """
 
     def __init__(self, cfg: StackGANConfig) -> None:
         super().__init__()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        self.score = nn.Embedding(cfg.vocab_size, 1, padding_idx=0)
         self.proj = nn.Linear(cfg.embed_dim, cfg.text_dim)
+        self.scale = float(cfg.text_dim) ** 0.5
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        mask = (tokens != 0).unsqueeze(-1).float()  # N x L x 1
-        summed = (self.embed(tokens) * mask).sum(1)  # N x embed_dim
-        mean = summed / mask.sum(1).clamp(min=1.0)
-        return F.leaky_relu(self.proj(mean), 0.2)  # N x text_dim
+        pad = tokens == 0  # N x L
+        score = self.score(tokens).squeeze(-1).masked_fill(pad, -1e4)  # N x L
+        weight = torch.softmax(score, dim=1).unsqueeze(-1)  # N x L x 1
+        pooled = (self.embed(tokens) * weight).sum(1)  # N x embed_dim
+        return F.normalize(self.proj(pooled), dim=1) * self.scale  # N x text_dim
+
+
+class ImageEncoder(nn.Module):
+    """Image [N, C, 32, 32] -> embedding [N, text_dim]: the image side of the pre-training
+    only (the text encoder's partner in the joint embedding); not part of the GAN."""
+
+    def __init__(self, cfg: StackGANConfig) -> None:
+        super().__init__()
+        w = cfg.ndf
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.channels, w, 4, 2, 1),  # w x 16 x 16
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(w, 2 * w, 4, 2, 1),  # 2w x 8 x 8
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * w, 2 * w, 4, 2, 1),  # 2w x 4 x 4
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(2 * w * 16, cfg.text_dim),  # text_dim
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def joint_embedding_loss(
+    image: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
+    """Symmetric matching loss on cosine similarity: each image must pick out its captions
+    among the batch's, and each caption its images. Pairs with the same ``keys`` (the same
+    digit and attribute words) all count as matches, so a batch holds no false negatives."""
+    logits = F.normalize(image, dim=1) @ F.normalize(text, dim=1).T / temperature  # N x N
+    same = (keys[:, None] == keys[None, :]).float()
+    target = same / same.sum(1, keepdim=True)
+    image_to_text = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    text_to_image = -(target * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+    return 0.5 * (image_to_text + text_to_image)
 
 
 class CondAugment(nn.Module):
