@@ -99,6 +99,10 @@ class ConnectionLimits:
     body_timeout_s: float = 30.0  # from a complete head to a complete body
     max_header_bytes: int = 16 * 1024  # request line and headers
     max_connections: int = 2048  # open connections; more are answered 503 and closed
+    # After a refusal answered from the head, the connection's next request is read this much
+    # later: a client resending at once on the same connection (a naive retry loop) costs a
+    # refusal per back-off, not one per round trip, so a flood cannot starve admitted work.
+    refusal_backoff_s: float = 0.1
 
 
 def canned_response(status: int, reason: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -153,6 +157,7 @@ def _guarded(protocol_class: type, limits: ConnectionLimits, admission: Admissio
             self._head_bytes = 0
             self._heads_completed = 0
             self._refused = False
+            self._backing_off: asyncio.TimerHandle | None = None
             super().connection_made(transport)
             if len(self.connections) > limits.max_connections:
                 self.transport.write(BUSY_503)
@@ -162,6 +167,8 @@ def _guarded(protocol_class: type, limits: ConnectionLimits, admission: Admissio
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._backing_off is not None:
+                self._backing_off.cancel()
             super().connection_lost(exc)
 
         def _arm(self, seconds: float) -> None:
@@ -249,9 +256,22 @@ def _guarded(protocol_class: type, limits: ConnectionLimits, admission: Admissio
                 self._refused = False
                 self._disarm()
                 self.on_response_complete()
+                self._back_off()
                 return
             self._disarm()
             super().on_message_complete()
+
+        def _back_off(self) -> None:
+            """Read this connection's next request only after ``refusal_backoff_s``."""
+            if limits.refusal_backoff_s <= 0 or self.transport.is_closing():
+                return
+            self.transport.pause_reading()
+            self._backing_off = self.loop.call_later(limits.refusal_backoff_s, self._resume)
+
+        def _resume(self) -> None:
+            self._backing_off = None
+            if not self.transport.is_closing() and not self.flow.read_paused:
+                self.transport.resume_reading()
 
     GuardedProtocol.__name__ = f"Guarded{protocol_class.__name__}"
     return GuardedProtocol

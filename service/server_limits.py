@@ -40,6 +40,7 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         body_timeout_s=settings.body_timeout_s,
         max_header_bytes=settings.max_header_bytes,
         max_connections=settings.max_connections,
+        refusal_backoff_s=settings.refusal_backoff_ms / 1000.0,
     )
 
 

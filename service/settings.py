@@ -127,8 +127,15 @@ class Settings(BaseSettings):
         ge=1,
         description="requests handled at once; more get 503 before their body is read",
     )
+    refusal_backoff_ms: float = Field(
+        default=100.0,
+        ge=0,
+        le=10_000,
+        description="after a 503 answered from a request's head, read that connection's next "
+        "request this much later, so clients resending at once cannot starve admitted work",
+    )
     loop_nice: int = Field(
-        default=5,
+        default=0,
         ge=0,
         le=19,
         description="how many nice steps below the batches a front end's event loop runs, so "

@@ -4,6 +4,7 @@ open connections are capped, and a flood of refused requests leaves goodput stan
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import httpx
@@ -111,6 +112,70 @@ def test_goodput_holds_under_a_refusal_flood() -> None:
     assert result["goodput_ratio"] >= GOODPUT_FLOOR, result
 
 
-# The issue's target is 0.8 of capacity. On a 2-core host where the load generator, the event
-# loop and inference share the cores, the loop's share of CPU decides it: see docs/SERVICE.md.
-GOODPUT_FLOOR = 0.25
+# The target is 0.8 of capacity; measured 0.9 to 1.0 on an idle 2-core host (docs/SERVICE.md).
+# The floor leaves room for a busy CI host.
+GOODPUT_FLOOR = 0.7
+
+
+@pytest.mark.slow
+def test_after_a_refusal_the_connection_is_read_again_only_after_the_back_off() -> None:
+    """A client resending at once on a keep-alive connection gets its next answer no sooner
+    than the refusal back-off (100 ms): one refusal per back-off, not one per round trip."""
+    store = REPO_ROOT / "model_store"
+    args = ("--threads", "1", "--queue-limit", "64", "--max-batch-size", "64")
+    with ServiceProcess(store, *args) as service:
+        stop = threading.Event()
+
+        def keep_the_queue_full() -> None:
+            body = {"seed": 1, "n": 64, "format": "npy"}
+            with httpx.Client(base_url=service.url, timeout=30) as client:
+                while not stop.is_set():
+                    client.post("/v1/models/mnist-cdcgan/generate", json=body)
+
+        fillers = [threading.Thread(target=keep_the_queue_full) for _ in range(4)]
+        for filler in fillers:
+            filler.start()
+        after_refusal: list[float] = []
+        try:
+            time.sleep(0.5)
+            with _connect(service) as sock:
+                refused = False
+                for seed in range(40):
+                    started = time.monotonic()
+                    sock.sendall(
+                        f"GET /v1/models/mnist-cdcgan/generate?seed={seed} HTTP/1.1\r\n"
+                        "Host: x\r\n\r\n".encode()
+                    )
+                    head = _one_answer(sock)
+                    if refused:
+                        after_refusal.append(time.monotonic() - started)
+                    refused = head.startswith(b"HTTP/1.1 503")
+        finally:
+            stop.set()
+            for filler in fillers:
+                filler.join()
+    assert after_refusal, "the queue never filled: no refusal to back off from"
+    # The rare refusal decided by the route (the queue filled between head and body) has no
+    # back-off; those from the head, almost all of them, do.
+    assert sorted(after_refusal)[len(after_refusal) // 2] >= 0.09, after_refusal
+
+
+def _one_answer(sock: socket.socket) -> bytes:
+    """One whole response (head and content-length body) from a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed"
+        body += chunk
+    assert len(body) == length, "a pipelined answer arrived early"
+    return head

@@ -1,6 +1,7 @@
 """Goodput under a refusal flood: the real service, wrk on loopback, capacity beside flood.
 
-Capacity is a closed loop of a few connections asking for n=64 npy (the queue never fills);
+Capacity is a closed loop of 16 connections asking for n=64 npy (enough to keep every front
+end busy while 16 x 64 images stay far below the queue limit, so nothing is refused);
 the flood is 256 connections asking the same at once, so most are refused with 503 and resend
 at once, as a naive retry loop does. Goodput is the rate of 200 answers in each run.
 
@@ -26,7 +27,7 @@ BULK = Workload(
     path="/v1/models/mnist-cdcgan/generate",
     body='{"seed": {seed}, "n": 64, "format": "npy"}',
 )
-CAPACITY_CONNECTIONS = 4
+CAPACITY_CONNECTIONS = 16
 FLOOD_CONNECTIONS = 256
 
 
@@ -36,6 +37,8 @@ def measure(
     """Capacity and flood runs against one service -> their rows and the ratio."""
     store = store or REPO_ROOT / "model_store"
     with ServiceProcess(store, "--threads", "1", *service_args) as service:
+        # Warm-up: every front end up and serving (readiness needs only one), caches warm.
+        run_wrk(service.url, BULK, CAPACITY_CONNECTIONS, 2.0, timeout_s=5)
         capacity = run_wrk(service.url, BULK, CAPACITY_CONNECTIONS, seconds, timeout_s=5)
         flood = run_wrk(service.url, BULK, FLOOD_CONNECTIONS, seconds, timeout_s=5)
     return {
