@@ -349,7 +349,7 @@ class LatentBatcher:
                 for job, _, _ in pieces:
                     if not job.future.done():
                         job.future.set_exception(failed)
-                    self._forget(job)
+                    self._drop(job)
             else:
                 for job, result, job_failed in done or ():
                     if job.future.done():
@@ -443,9 +443,6 @@ class LatentBatcher:
         job.dispatched = job.n
         self._add_queued(-remaining)
         return remaining
-
-    def _forget(self, job: _Job) -> None:
-        self._drop(job)
 
     def _add_queued(self, delta: int) -> None:
         self._queued += delta
