@@ -165,13 +165,18 @@ def export_cyclegan(
 ) -> Path:
     """Export a ``gan-train cyclegan`` checkpoint; parity on held-out images of both domains."""
     from training.cyclegan_train import CycleTrainConfig, load_cyclegan
-    from training.domains import load_domain_pair
+    from training.domains import MNIST_FONTS, load_domain_pair
     from training.export import _jsonable
 
     model, ckpt = load_cyclegan(ckpt_path)
     train_cfg = CycleTrainConfig(**ckpt["train_config"])
     pair = load_domain_pair(
-        train_cfg.data_a, train_cfg.data_b, train_cfg.image_size, train_cfg.channels
+        train_cfg.data_a,
+        train_cfg.data_b,
+        train_cfg.image_size,
+        train_cfg.channels,
+        # checkpoints from before the MNIST-M pair trained on the fonts pair
+        ckpt["train_config"].get("pair", MNIST_FONTS),
     )
     half = PARITY_SAMPLES // 4
     source = np.concatenate(

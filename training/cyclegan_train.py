@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from training.checkpoint import CHECKPOINT_DIR, LAST_CHECKPOINT, save_checkpoint
-from training.domains import DomainPair, load_domain_pair
+from training.domains import EMBEDDED_PAIRS, MNIST_FONTS, DomainPair, load_domain_pair
 from training.families.cyclegan import CycleGAN, CycleGANConfig
 from training.logs import write_metrics
+from training.loop import lr_factor
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
@@ -43,7 +44,8 @@ SAMPLE_COLUMNS = 10
 class CycleTrainConfig:
     """A CycleGAN run; the defaults train the shipped ``mnist-fonts-cyclegan``."""
 
-    data_a: str | None = None  # None (with data_b None): the embedded MNIST <-> fonts pair
+    pair: str = MNIST_FONTS  # the embedded pair, when no folders are given
+    data_a: str | None = None  # None (with data_b None): the embedded pair
     data_b: str | None = None
     out_dir: str = "runs/mnist-fonts-cyclegan"
     image_size: int = 32
@@ -99,14 +101,6 @@ def _lsgan(scores: torch.Tensor, real: bool) -> torch.Tensor:
     return F.mse_loss(scores, torch.full_like(scores, 1.0 if real else 0.0))
 
 
-def lr_factor(step: int, steps: int, decay_start: float) -> float:
-    """1 for the first ``decay_start`` of the steps, then linearly down to 0 at the end."""
-    start = int(steps * decay_start)
-    if step < start:
-        return 1.0
-    return max(0.0, 1.0 - (step - start) / max(1, steps - start))
-
-
 @torch.no_grad()
 def sample_sheet(model: CycleGAN, pair: DomainPair, columns: int = SAMPLE_COLUMNS) -> np.ndarray:
     """uint8 [6 * S, columns * S]: held-out A, A->B, A->B->A, B, B->A, B->A->B (one per row)."""
@@ -140,7 +134,7 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
     out = Path(cfg.out_dir)
     (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     (out / SAMPLES_DIR).mkdir(exist_ok=True)
-    pair = pair or load_domain_pair(cfg.data_a, cfg.data_b, cfg.image_size, cfg.channels)
+    pair = pair or load_domain_pair(cfg.data_a, cfg.data_b, cfg.image_size, cfg.channels, cfg.pair)
     mcfg = CycleGANConfig(
         image_size=cfg.image_size,
         channels=pair.train_a.channels,
@@ -271,8 +265,9 @@ def load_cyclegan(ckpt_path: str | Path) -> tuple[CycleGAN, dict[str, Any]]:
 
 
 HELP = {
+    "pair": f"embedded domain pair without folders: {' or '.join(EMBEDDED_PAIRS)}",
     "data_a": "a folder of domain-A images, with --data-b (default: embedded handwritten digits)",
-    "data_b": "a folder of domain-B images, with --data-a (default: embedded typeset digits)",
+    "data_b": "a folder of domain-B images, with --data-a (default: the pair's domain B)",
     "out_dir": "run directory: checkpoints, metrics, sample sheets",
     "image_size": "side of the square images",
     "channels": "1 or 3 to convert folder images (default: the first folder's own)",
@@ -301,7 +296,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, f.name)
         kind = int if f.name == "channels" else {int: int, float: float}.get(type(default), str)
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, type=kind, default=default, help=HELP[f.name])
+        choices = EMBEDDED_PAIRS if f.name == "pair" else None
+        parser.add_argument(flag, type=kind, default=default, choices=choices, help=HELP[f.name])
     parser.add_argument(
         "--store",
         help="export the trained model into this store and evaluate it (default: no export)",

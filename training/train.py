@@ -41,6 +41,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     add("--ema-decay", type=float, default=d.ema_decay, help="EMA of G's weights (0 disables)")
     add(
+        "--lr-decay-start",
+        type=float,
+        default=d.lr_decay_start,
+        help="fraction of the epochs after which both lrs fall linearly to 0 (1.0: constant)",
+    )
+    add(
         "--mode-seeking",
         type=float,
         default=d.mode_seeking,
@@ -81,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         beta1=args.beta1,
         label_smoothing=args.label_smoothing,
         ema_decay=args.ema_decay,
+        lr_decay_start=args.lr_decay_start,
         mode_seeking=args.mode_seeking,
         seed=args.seed,
         device=args.device,

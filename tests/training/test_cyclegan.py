@@ -18,7 +18,14 @@ from service.manifest import (
 )
 from tests.support.tiny_translator import write_tiny_translator
 from training.data import DatasetError, ImageData
-from training.domains import DomainPair, load_domain_pair, render_digit
+from training.domains import (
+    MNIST_M,
+    DomainPair,
+    blend_over_photos,
+    load_domain_pair,
+    load_embedded_pair,
+    render_digit,
+)
 from training.translation_eval import OnnxTranslator, score_translator
 
 SHIPPED = Path(__file__).resolve().parents[2] / "model_store" / "mnist-cdcgan"
@@ -60,6 +67,32 @@ def test_typeset_digits_are_deterministic() -> None:
     other = render_digit(7, np.random.Generator(np.random.PCG64(4)))
     assert first.shape == (64, 64) and first.max() == 255 and first[:, :4].max() == 0
     assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_mnist_m_blend_is_the_photo_where_no_stroke_and_its_inverse_on_one() -> None:
+    """|patch - digit|: a black pixel shows the photo, a white stroke the photo's inverse."""
+    photo = np.zeros((8, 8, 3), np.uint8)
+    photo[..., 0], photo[..., 1], photo[..., 2] = 40, 200, 90  # one flat colour
+    digit = -torch.ones(1, 1, 8, 8)
+    digit[0, 0, 2:6, 3] = 1.0  # a white vertical stroke
+    out = blend_over_photos(digit, [photo], seed=0, image_size=8)
+    pixels = torch.round((out + 1.0) * 127.5).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    assert out.shape == (1, 3, 8, 8)
+    assert (pixels[0, 0] == (40, 200, 90)).all()  # background: the photo
+    assert (pixels[3, 3] == (215, 55, 165)).all()  # stroke: 255 - the photo
+    again = blend_over_photos(digit, [photo], seed=0, image_size=8)
+    assert torch.equal(out, again)
+
+
+def test_embedded_pairs_are_unpaired_and_named() -> None:
+    pair = load_embedded_pair(32, MNIST_M)
+    assert pair.train_a.channels == pair.train_b.channels == 3  # one translator, both ways
+    assert len(pair.train_a) == len(pair.train_b) == 2000 and pair.labelled
+    grey = pair.train_a.images
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 0], grey[:, 2])
+    assert not torch.equal(pair.train_b.images[:, 0], pair.train_b.images[:, 1])
+    with pytest.raises(DatasetError, match="unknown embedded pair 'svhn'"):
+        load_embedded_pair(32, "svhn")
 
 
 def test_patch_discriminator_judges_16x16_patches() -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.manifest import Manifest, version_dirs
-from training.domains import load_embedded_pair
-from training.translation_eval import OnnxTranslator, mean_abs_error, to_pixels
+from training.translation_eval import OnnxTranslator, mean_abs_error, to_pixels, training_pair
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "model_store" / "mnist-fonts-cyclegan"
@@ -42,7 +41,7 @@ def test_manifest_artifact_and_recorded_scores(shipped) -> None:
 @pytest.mark.slow
 def test_cycle_errors_are_reproduced_from_the_graph(shipped) -> None:
     version_dir, m = shipped
-    pair = load_embedded_pair(m.image_size)
+    pair = training_pair(m)
     translate = OnnxTranslator(version_dir, m)
     a, b = to_pixels(pair.heldout_a.images), to_pixels(pair.heldout_b.images)
     ab, ba = translate(a, 0), translate(b, 1)
@@ -66,7 +65,7 @@ def test_the_service_translates_with_the_shipped_model(shipped) -> None:
     from tests.support.server import ServiceProcess
 
     version_dir, m = shipped
-    pair = load_embedded_pair(m.image_size)
+    pair = training_pair(m)
     digit = to_pixels(pair.heldout_a.images[:1])
     expected = OnnxTranslator(version_dir, m)(digit, 0)[0, :, :, 0]
     body = io.BytesIO()

@@ -127,6 +127,31 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(
     ]
 
 
+def test_learning_rates_decay_linearly_and_resume_across_the_decay(
+    tmp_path: Path, tiny_mnist: ImageData, make_config
+) -> None:
+    """--lr-decay-start 0.5 over 4 epochs: full lr for epochs 1-3 (the decay starts at epoch
+    3 from 1.0), half in epoch 4; a run stopped inside the decay and resumed matches an
+    unbroken one (the schedule follows --epochs, so a resume must keep it)."""
+
+    def cfg(out: str, **kw: object):
+        return make_config(tmp_path / out, lr_decay_start=0.5, steps_per_epoch=1, **kw)
+
+    straight = load_checkpoint(train(cfg("straight", epochs=4), tiny_mnist))
+    base = straight["train_config"]["lr"]
+    assert [g["lr"] for g in straight["opt_g"]["param_groups"]] == [base * 0.5]
+    assert [g["lr"] for g in straight["opt_d"]["param_groups"]] == [base * 0.5]
+    interrupted = Trainer(cfg("split", epochs=4), tiny_mnist)  # stopped after 3 of 4 epochs
+    for _ in range(3):
+        interrupted.end_epoch(interrupted.train_epoch())
+    resumed = load_checkpoint(train(cfg("split", epochs=4, resume=True), tiny_mnist))
+    _assert_same_tensors(_model_state(straight), _model_state(resumed))
+    constant = load_checkpoint(
+        train(make_config(tmp_path / "c", epochs=4, steps_per_epoch=1), tiny_mnist)
+    )
+    assert [g["lr"] for g in constant["opt_g"]["param_groups"]] == [base]
+
+
 def test_resume_refuses_a_missing_or_different_checkpoint(
     tmp_path: Path, tiny_mnist: ImageData, make_config
 ) -> None:
