@@ -78,7 +78,7 @@ PHOTO_FILES = (
     ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
     ("matplotlib", "mpl-data/sample_data/Minduka_Present_Blue_Pack.png"),
 )
-PATCH_SCALE = (1.0, 3.0)  # a crop of 1-3 image sides of the photo, resized to the image side
+PATCH_SCALE = (1.0, 3.0)  # crop side, in image sides (32-96 px), resized to the image side
 FOLDER_HELDOUT_FRACTION = 0.1
 
 
@@ -153,6 +153,7 @@ def render_digits(labels: np.ndarray, seed: int, image_size: int = 32) -> torch.
 
 
 def photo_path(package: str, inside: str) -> Path:
+    """Where an installed package keeps one of its files (found without importing it)."""
     import importlib.util
 
     spec = importlib.util.find_spec(package)
