@@ -73,6 +73,7 @@ class TrainConfig:
     ema_decay: float = 0.995  # EMA of G's weights, the exported generator (0 disables)
     lr_decay_start: float = 1.0  # fraction of the epochs after which both lrs fall linearly to 0
     mode_seeking: float = 1.0  # weight of the mode-seeking term (Mao et al. 2019; 0 disables)
+    d_input_dropout: float = 0.2  # gan2014: dropout on D's input pixels (the paper's 0.2)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision, CUDA only
@@ -95,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"lr_decay_start must be in [0, 1], got {self.lr_decay_start}")
         if not 0.0 < self.label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in (0, 1], got {self.label_smoothing}")
+        if not 0.0 <= self.d_input_dropout < 1.0:
+            raise ValueError(f"d_input_dropout must be in [0, 1), got {self.d_input_dropout}")
         if self.mode_seeking < 0:
             raise ValueError(f"mode_seeking must be >= 0, got {self.mode_seeking}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -52,6 +52,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=d.mode_seeking,
         help="weight of the mode-seeking diversity term (0 disables)",
     )
+    add(
+        "--d-input-dropout",
+        type=float,
+        default=d.d_input_dropout,
+        help="gan2014: dropout on the discriminator's input pixels",
+    )
     add("--seed", type=int, default=d.seed, help="weights, noise and data order")
     add("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="auto: CUDA if any")
     add("--no-amp", action="store_true", help="no mixed precision on CUDA")
@@ -89,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ema_decay=args.ema_decay,
         lr_decay_start=args.lr_decay_start,
         mode_seeking=args.mode_seeking,
+        d_input_dropout=args.d_input_dropout,
         seed=args.seed,
         device=args.device,
         amp=not args.no_amp,

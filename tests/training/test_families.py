@@ -17,7 +17,7 @@ from training.data import ImageData
 from training.export import export_checkpoint, tanh_to_uint8
 from training.families import FAMILIES, Batch, get_family
 from training.families.gan2014 import Maxout, MaxoutDiscriminator, MLPConfig, MLPGenerator
-from training.loop import Trainer, train
+from training.loop import TrainConfig, Trainer, train
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -96,6 +96,19 @@ def test_maxout_discriminator_drops_out_only_in_training() -> None:
     d.train()
     torch.manual_seed(0)
     assert not torch.equal(d(x, y), d(x, y))
+
+
+def test_gan2014_input_dropout_comes_from_the_run_config() -> None:
+    """--d-input-dropout reaches D: at 0 the input is seen whole, at 0.5 about half of it."""
+    family = get_family("gan2014")
+    for rate in (0.0, 0.5):
+        cfg = family.model_config(TrainConfig(family="gan2014", d_input_dropout=rate), 1, 0)
+        d = MaxoutDiscriminator(cfg).train()
+        kept = d.drop_in(torch.ones(1, 4096))
+        assert cfg.d_input_dropout == rate
+        assert float((kept == 0).float().mean()) == pytest.approx(rate, abs=0.05)
+    with pytest.raises(ValueError, match="d_input_dropout"):
+        TrainConfig(family="gan2014", d_input_dropout=1.0)
 
 
 def test_gan2014_generator_loss_is_non_saturating() -> None:

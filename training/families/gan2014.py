@@ -165,6 +165,7 @@ class GAN2014(Family):
             num_classes=num_classes,
             width=train_cfg.ngf,
             d_units=train_cfg.ndf,
+            d_input_dropout=train_cfg.d_input_dropout,
         )
 
     def config_from_dict(self, data: dict[str, Any]) -> MLPConfig:
