@@ -50,7 +50,7 @@ def _generators(store: Path) -> list[str]:
 
 SHIPPED = _generators(STORE)
 # Models whose documentation says they meet their targets; the rest record a shortfall.
-MEETS_TARGETS = {"mnist-cdcgan", "biggan-mnist", "progan-mnist"}
+MEETS_TARGETS = {"mnist-cdcgan", "biggan-mnist", "progan-mnist", "gan2014"}
 FRESH_SEED_BASE = 7_000_000  # disjoint from the evaluation's seeds
 FRESH_SAMPLES = 2000
 
