@@ -176,6 +176,7 @@ def test_runtime_pads_to_buckets_and_returns_exactly_n(tmp_path) -> None:
     rt = GeneratorRuntime(
         directory, m, RuntimeOptions(device="cpu", max_batch_size=8, buckets="pow2")
     )
+    assert rt.warmup_sizes() == [1, 8]  # on the CPU: the smallest and the largest batch
     rt.warmup()
     z = np.stack([latent_from_seed(s, m.nz) for s in range(5)])
     labels = np.arange(5, dtype=np.int64)
