@@ -85,12 +85,16 @@ def test_shipped_model_is_intact_and_documented(name: str) -> None:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_archive_holds_the_same_generator(name: str) -> None:
+    """The .mar packs the newest version as committed: its ONNX, its whole manifest (an
+    archive built before a re-evaluation would report stale figures) and today's contract."""
     _, m = _newest(name)
     with zipfile.ZipFile(STORE / f"{name}.mar") as mar:
         onnx_bytes = mar.read("generator.onnx")
         packed = Manifest.model_validate_json(mar.read("manifest.json"))
+        contract = mar.read("manifest.py")
     assert hashlib.sha256(onnx_bytes).hexdigest() == m.artifact.sha256
-    assert packed.version == m.version
+    assert packed == m, f"{name}.mar is stale: rebuild it with gan-train mar model_store/{name}"
+    assert contract == (REPO / "service" / "manifest.py").read_bytes()
 
 
 @pytest.mark.parametrize("name", SHIPPED)
