@@ -59,6 +59,7 @@ class CycleTrainConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     lambda_cycle: float = 10.0
+    lambda_cycle_b: float | None = None  # the B->A->B cycle's weight; None: lambda_cycle
     lambda_identity: float = 0.5  # times lambda_cycle
     pool_size: int = 50
     decay_start: float = 0.5  # fraction of the steps after which lr decays linearly to 0
@@ -66,6 +67,10 @@ class CycleTrainConfig:
     sample_every: int = 500
     seed: int = 0
     threads: int = 1
+
+    @property
+    def cycle_weight_b(self) -> float:
+        return self.lambda_cycle if self.lambda_cycle_b is None else self.lambda_cycle_b
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +87,7 @@ class ImagePool:
 
     def query(self, batch: torch.Tensor) -> torch.Tensor:
         if self.size == 0:
-            return batch
+            return batch.detach()  # D's step must not reach back into G's graph
         out = []
         for image in batch.detach():
             if len(self.images) < self.size:
@@ -216,9 +221,11 @@ def _step(
     fake_b = model.g_ab(real_a)
     fake_a = model.g_ba(real_b)
     adv = _lsgan(model.d_b(fake_b), True) + _lsgan(model.d_a(fake_a), True)
-    cycle = F.l1_loss(model.g_ba(fake_b), real_a) + F.l1_loss(model.g_ab(fake_a), real_b)
+    cycle_a = F.l1_loss(model.g_ba(fake_b), real_a)
+    cycle_b = F.l1_loss(model.g_ab(fake_a), real_b)
+    cycle = cfg.lambda_cycle * cycle_a + cfg.cycle_weight_b * cycle_b
     identity = F.l1_loss(model.g_ab(real_b), real_b) + F.l1_loss(model.g_ba(real_a), real_a)
-    loss_g = adv + cfg.lambda_cycle * cycle + cfg.lambda_identity * cfg.lambda_cycle * identity
+    loss_g = adv + cycle + cfg.lambda_identity * cfg.lambda_cycle * identity
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
@@ -232,7 +239,8 @@ def _step(
     opt_d.step()
     return {
         "loss_g_adv": float(adv.detach()),
-        "loss_cycle": float(cycle.detach()),
+        "loss_cycle_a": float(cycle_a.detach()),
+        "loss_cycle_b": float(cycle_b.detach()),
         "loss_identity": float(identity.detach()),
         "loss_d_a": float(loss_d_a.detach()),
         "loss_d_b": float(loss_d_b.detach()),
@@ -279,7 +287,9 @@ HELP = {
     "lr": "Adam learning rate",
     "beta1": "Adam beta1",
     "beta2": "Adam beta2",
-    "lambda_cycle": "weight of the cycle loss",
+    "lambda_cycle": "weight of the cycle loss (A->B->A, and B->A->B unless --lambda-cycle-b)",
+    "lambda_cycle_b": "weight of the B->A->B cycle loss, when B carries more than A "
+    "(MNIST-M's photos; docs/TRAINING.md)",
     "lambda_identity": "weight of the identity loss, times lambda-cycle",
     "pool_size": "generated images kept for the discriminators",
     "decay_start": "fraction of the steps after which lr decays to 0",
@@ -294,7 +304,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = CycleTrainConfig()
     for f in fields(CycleTrainConfig):
         default = getattr(defaults, f.name)
-        kind = int if f.name == "channels" else {int: int, float: float}.get(type(default), str)
+        kind = {"channels": int, "lambda_cycle_b": float}.get(f.name) or {
+            int: int,
+            float: float,
+        }.get(type(default), str)
         flag = "--" + f.name.replace("_", "-")
         choices = EMBEDDED_PAIRS if f.name == "pair" else None
         parser.add_argument(flag, type=kind, default=default, choices=choices, help=HELP[f.name])

@@ -211,3 +211,42 @@ def test_torchserve_archive_refuses_an_image_to_image_model(tmp_path: Path) -> N
     directory = write_tiny_translator(tmp_path, "flip")
     with pytest.raises(ValueError, match="image-to-image"):
         build_mar(directory, tmp_path / "flip.mar")
+
+
+def _one_step_g_ab(**weights: float | None) -> list[torch.Tensor]:
+    """G_AB's weights after one training step from a fixed start with these loss weights."""
+    import random
+
+    from training.cyclegan_train import CycleTrainConfig, ImagePool, _step
+    from training.families.cyclegan import CycleGAN, CycleGANConfig
+
+    torch.manual_seed(0)
+    model = CycleGAN(CycleGANConfig(image_size=16, channels=1, ngf=4, ndf=4, n_blocks=1))
+    cfg = CycleTrainConfig(**weights)
+    opt_g = torch.optim.Adam([*model.g_ab.parameters(), *model.g_ba.parameters()], 1e-2)
+    opt_d = torch.optim.Adam([*model.d_a.parameters(), *model.d_b.parameters()], 1e-2)
+    pools = ImagePool(0, random.Random(0)), ImagePool(0, random.Random(0))
+    pair = tiny_pair(size=16)
+    _step(model, opt_g, opt_d, *pools, pair.train_a.images[:4], pair.train_b.images[:4], cfg)
+    return [p.detach().clone() for p in model.g_ab.parameters()]
+
+
+def test_the_b_cycle_has_its_own_weight() -> None:
+    """``lambda_cycle_b`` weighs only the B->A->B cycle, and leaving it unset means the
+    paper's single weight for both cycles."""
+    same = _one_step_g_ab(lambda_cycle=10.0, lambda_cycle_b=None)
+    explicit = _one_step_g_ab(lambda_cycle=10.0, lambda_cycle_b=10.0)
+    assert all(torch.equal(x, y) for x, y in zip(same, explicit, strict=True))
+    without = _one_step_g_ab(lambda_cycle=10.0, lambda_cycle_b=0.0)
+    assert not all(torch.equal(x, y) for x, y in zip(same, without, strict=True))
+
+
+def test_an_empty_pool_hands_the_discriminators_detached_images() -> None:
+    import random
+
+    from training.cyclegan_train import ImagePool
+
+    fake = torch.ones(2, 1, 4, 4, requires_grad=True) * 2.0
+    for size in (0, 3):
+        out = ImagePool(size, random.Random(0)).query(fake)
+        assert not out.requires_grad and torch.equal(out, fake.detach())
