@@ -37,6 +37,7 @@ from training.loop import lr_factor
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
+LOSS_CURVE = "loss_curve.png"
 SAMPLE_COLUMNS = 10
 
 
@@ -122,6 +123,25 @@ def sample_sheet(model: CycleGAN, pair: DomainPair, columns: int = SAMPLE_COLUMN
     return pixels.permute(1, 2, 0).squeeze(-1).numpy()
 
 
+def plot_cycle_losses(history: list[dict[str, Any]], path: Path) -> None:
+    """Each logged loss (means over ``log_every`` steps) against the step, via matplotlib Agg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    steps = [h["step"] for h in history]
+    for key in [k for k in (history[0] if history else {}) if k.startswith("loss_")]:
+        ax.plot(steps, [h[key] for h in history], "o-", markersize=3, label=key[5:])
+    ax.set(xlabel="step", ylabel="loss (unweighted)", title="CycleGAN losses")
+    if history:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _spread(data: Any, columns: int) -> torch.Tensor:
     """One image per class in order when labelled, else the first ``columns``."""
     n = min(columns, len(data))
@@ -186,6 +206,7 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
                 out / SAMPLES_DIR / f"step_{step + 1:06d}.png"
             )
     elapsed = time.perf_counter() - started
+    plot_cycle_losses(history, out / LOSS_CURVE)
     path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
     save_checkpoint(
         path,

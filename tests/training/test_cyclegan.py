@@ -189,6 +189,9 @@ def test_tiny_run_exports_one_graph_with_parity(tmp_path: Path) -> None:
     )
     model, ckpt = load_cyclegan(train_cyclegan(cfg, pair))
     assert len(ckpt["history"]) == 3 and ckpt["model_config"]["image_size"] == 16
+    assert {"loss_cycle_a", "loss_cycle_b", "loss_d_b"} <= set(ckpt["history"][-1])
+    for written in ("loss_curve.png", "metrics.jsonl", "samples/step_000003.png"):
+        assert (tmp_path / "run" / written).stat().st_size > 0, written
     source = to_uint8_nhwc(torch.cat([pair.heldout_a.images[:4], pair.heldout_b.images[:4]]))
     version_dir = export_translator(
         model, tmp_path / "store", "toy", parity_source=source, domain_a="a", domain_b="b"
