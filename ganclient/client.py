@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.manifest import MAX_SEED, latents_from_seeds
+from service.manifest import MAX_SEED, TruncationSpec, seed_contract_latents
 
 DEFAULT_CHUNK = 256
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -56,6 +56,7 @@ class ModelInfo:
     num_classes: int
     class_names: list[str] = field(default_factory=list)
     kind: str = "noise-to-image"  # or "text-to-image": captions instead of labels
+    truncation: TruncationSpec | None = None  # resample truncation (BigGAN), from the metadata
 
     @property
     def conditional(self) -> bool:
@@ -64,6 +65,12 @@ class ModelInfo:
     @property
     def takes_text(self) -> bool:
         return self.kind == "text-to-image"
+
+    def seed_latents(self, seeds: Sequence[int], truncation: float | None = None) -> np.ndarray:
+        """The latents the service itself would feed the model for these seeds and psi (the
+        seed routes' rule, resample truncation included), float32 [n, nz]."""
+        check_truncation(truncation)
+        return seed_contract_latents(self.truncation, self.nz, list(seeds), truncation)
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> ModelInfo:
@@ -75,6 +82,11 @@ class ModelInfo:
         if "label" in inputs and num_classes <= 0:
             raise GanServeError("conditional model metadata lacks parameters.num_classes")
         versions = meta.get("versions") or [""]
+        try:
+            spec = params.get("truncation")
+            truncation = None if spec is None else TruncationSpec.model_validate(spec)
+        except ValueError as exc:
+            raise GanServeError(f"model metadata has an unreadable truncation: {exc}") from exc
         return cls(
             name=meta["name"],
             version=str(versions[-1]),
@@ -84,6 +96,7 @@ class ModelInfo:
             num_classes=num_classes if "label" in inputs else 0,
             class_names=list(params.get("class_names", [])),
             kind=str(params.get("kind", "noise-to-image")),
+            truncation=truncation,
         )
 
 
@@ -115,6 +128,14 @@ def plan_labels(
     if bad.size:
         raise ValueError(f"label {int(bad[0])} is outside 0..{info.num_classes - 1}")
     return out
+
+
+def check_truncation(psi: float | None) -> None:
+    """psi as the service accepts it: None (the model's default) or a number in [0, 1]."""
+    if psi is None:
+        return
+    if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not 0.0 <= psi <= 1.0:
+        raise ValueError(f"truncation must be a number between 0 and 1, got {psi!r}")
 
 
 def plan_seeds(n: int, seed: int | None) -> np.ndarray:
@@ -419,9 +440,12 @@ class GanClient(_Base):
         seeds: Sequence[int],
         labels: np.ndarray | None = None,
         captions: Sequence[str] | None = None,
+        *,
+        truncation: float | None = None,
     ) -> np.ndarray:
-        """Images for explicit seeds (and labels, or captions), in order."""
-        z = latents_from_seeds(list(seeds), self.info().nz)
+        """Images for explicit seeds (and labels, or captions), in order: the same images as
+        the service's seed routes with the same ``truncation`` (psi)."""
+        z = self.info().seed_latents(seeds, truncation)
         return self.generate_latents(z, labels, captions)
 
     def generate(
@@ -431,17 +455,22 @@ class GanClient(_Base):
         seed: int | None = None,
         *,
         text: str | Sequence[str] | None = None,
+        truncation: float | None = None,
         pil: bool = False,
     ) -> np.ndarray | list[Any]:
         """n images; image i comes from seed ``seed + i`` (see :func:`plan_labels` for labels).
-        ``text``: a text-to-image model's caption for all images, or one per image."""
+        ``text``: a text-to-image model's caption for all images, or one per image.
+        ``truncation``: psi in [0, 1], as the service's ``truncation`` field (None: the
+        model's default)."""
         info = self.info()
         seeds = plan_seeds(n, seed)
         check_text(info, text)
         if text is not None:
-            images = self.generate_seeds(seeds, None, plan_captions(text, n))
+            images = self.generate_seeds(seeds, None, plan_captions(text, n), truncation=truncation)
         else:
-            images = self.generate_seeds(seeds, plan_labels(seeds, labels, info))
+            images = self.generate_seeds(
+                seeds, plan_labels(seeds, labels, info), truncation=truncation
+            )
         return to_pil(images) if pil else images
 
     def translate(
@@ -553,9 +582,10 @@ class AsyncGanClient(_Base):
         seeds: Sequence[int],
         labels: np.ndarray | None = None,
         captions: Sequence[str] | None = None,
+        *,
+        truncation: float | None = None,
     ) -> np.ndarray:
-        info = await self.info()
-        z = latents_from_seeds(list(seeds), info.nz)
+        z = (await self.info()).seed_latents(seeds, truncation)
         return await self.generate_latents(z, labels, captions)
 
     async def generate(
@@ -565,15 +595,20 @@ class AsyncGanClient(_Base):
         seed: int | None = None,
         *,
         text: str | Sequence[str] | None = None,
+        truncation: float | None = None,
         pil: bool = False,
     ) -> np.ndarray | list[Any]:
         info = await self.info()
         seeds = plan_seeds(n, seed)
         check_text(info, text)
         if text is not None:
-            images = await self.generate_seeds(seeds, None, plan_captions(text, n))
+            images = await self.generate_seeds(
+                seeds, None, plan_captions(text, n), truncation=truncation
+            )
         else:
-            images = await self.generate_seeds(seeds, plan_labels(seeds, labels, info))
+            images = await self.generate_seeds(
+                seeds, plan_labels(seeds, labels, info), truncation=truncation
+            )
         return to_pil(images) if pil else images
 
     async def translate(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ganclient.client import GanClient, ModelInfo, check_text
+from ganclient.client import GanClient, ModelInfo, check_text, check_truncation
 
 UNCONDITIONAL_LABEL = -1
 
@@ -52,7 +52,8 @@ class GanDataset(IterableDataset):
     yielded as that dataset returns it (seed -1).
 
     A text-to-image model needs ``captions``: item i of the epoch is drawn from caption
-    ``captions[i % len(captions)]`` and streamed as ``(image, caption)``."""
+    ``captions[i % len(captions)]`` and streamed as ``(image, caption)``. ``truncation`` is
+    psi, as the service's field (None: the model's default)."""
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class GanDataset(IterableDataset):
         balance: bool = True,
         classes: Sequence[int] | None = None,
         captions: Sequence[str] | None = None,
+        truncation: float | None = None,
         real_dataset: Dataset | None = None,
         mix_ratio: float = 0.0,
         chunk_size: int = 64,
@@ -83,6 +85,7 @@ class GanDataset(IterableDataset):
             raise ValueError("give a service url or a local model path")
         if captions is not None and (isinstance(captions, str) or not captions):
             raise ValueError("captions must be a non-empty list of strings")
+        check_truncation(truncation)
         self.url = url
         self.model = model
         self.local = local
@@ -91,6 +94,7 @@ class GanDataset(IterableDataset):
         self.balance = balance
         self.classes = None if classes is None else [int(c) for c in classes]
         self.captions = None if captions is None else [str(c) for c in captions]
+        self.truncation = truncation
         self.real_dataset = real_dataset
         self.mix_ratio = mix_ratio
         self.chunk_size = chunk_size
@@ -137,7 +141,7 @@ class GanDataset(IterableDataset):
                         ],
                         dtype=np.int64,
                     )
-                images = to_tensor(source.generate_seeds(seeds, labels))
+                images = to_tensor(source.generate_seeds(seeds, labels, truncation=self.truncation))
                 for k, seed in enumerate(seeds):
                     yield from self._real_items(mix_rng)
                     label = UNCONDITIONAL_LABEL if labels is None else int(labels[k])
@@ -150,7 +154,7 @@ class GanDataset(IterableDataset):
         """A text-to-image chunk: ``(image, caption)`` per seed, captions in turn."""
         assert self.captions is not None
         captions = [self.captions[i % len(self.captions)] for i in chunk]
-        images = to_tensor(source.generate_seeds(seeds, None, captions))
+        images = to_tensor(source.generate_seeds(seeds, None, captions, truncation=self.truncation))
         for k, seed in enumerate(seeds):
             yield from self._real_items(mix_rng)
             image = images[k] if self.transform is None else self.transform(images[k])

@@ -25,7 +25,6 @@ from service.manifest import (
     LATENT_INPUT,
     TOKENS_INPUT,
     Manifest,
-    model_latents,
     version_dirs,
 )
 from service.text import Vocabulary, load_vocabulary
@@ -95,6 +94,7 @@ class LocalGenerator:
             num_classes=m.num_classes,
             class_names=list(m.class_names),
             kind=m.kind,
+            truncation=m.truncation,
         )
 
     def generate_latents(
@@ -133,8 +133,11 @@ class LocalGenerator:
         seeds: Sequence[int],
         labels: np.ndarray | None = None,
         captions: Sequence[str] | None = None,
+        *,
+        truncation: float | None = None,
     ) -> np.ndarray:
-        return self.generate_latents(model_latents(self.manifest, list(seeds)), labels, captions)
+        z = self.info().seed_latents(seeds, truncation)
+        return self.generate_latents(z, labels, captions)
 
     def generate(
         self,
@@ -143,14 +146,16 @@ class LocalGenerator:
         seed: int | None = None,
         *,
         text: str | Sequence[str] | None = None,
+        truncation: float | None = None,
         pil: bool = False,
     ) -> np.ndarray | list[Any]:
         """n images from seeds ``seed + i``; ``text``: a text-to-image model's caption for
-        all images, or one per image (as :meth:`GanClient.generate`)."""
+        all images, or one per image; ``truncation``: psi (as :meth:`GanClient.generate`)."""
         seeds = plan_seeds(n, seed)
         check_text(self.info(), text)
         if text is not None:
-            images = self.generate_seeds(seeds, None, plan_captions(text, n))
+            images = self.generate_seeds(seeds, None, plan_captions(text, n), truncation=truncation)
         else:
-            images = self.generate_seeds(seeds, plan_labels(seeds, labels, self.info()))
+            planned = plan_labels(seeds, labels, self.info())
+            images = self.generate_seeds(seeds, planned, truncation=truncation)
         return to_pil(images) if pil else images

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import httpx
 import numpy as np
 
-from ganclient.client import GanClient, GanServeError, ModelInfo, check_text
+from ganclient.client import GanClient, GanServeError, ModelInfo, check_text, check_truncation
 
 LAYOUTS = ("imagefolder", "webdataset", "npz")
 RUN_FILE = ".gan-sample.json"
@@ -48,13 +48,15 @@ class SamplePlan:
     layout: str
     shard_size: int
     captions: list[str] | None = None  # the cycle of captions of a text-to-image model
+    truncation: float | None = None  # psi, as the service's field; None: the model's default
 
     def record(self) -> dict[str, Any]:
-        """The run's identity as written beside its output (no captions key without text,
-        so runs recorded before captions existed still match)."""
+        """The run's identity as written beside its output (no captions or truncation key
+        when unset, so runs recorded before they existed still match)."""
         data = asdict(self)
-        if self.captions is None:
-            del data["captions"]
+        for key in ("captions", "truncation"):
+            if data[key] is None:
+                del data[key]
         return data
 
     def caption(self, i: int) -> str | None:
@@ -148,8 +150,9 @@ class _Progress:
 def _generate(source: Any, plan: SamplePlan, indices: list[int]) -> np.ndarray:
     seeds = [plan.seed(i) for i in indices]
     if plan.captions is not None:
-        return source.generate_seeds(seeds, None, [plan.caption(i) for i in indices])
-    return source.generate_seeds(seeds, plan.label_array(indices))
+        captions = [plan.caption(i) for i in indices]
+        return source.generate_seeds(seeds, None, captions, truncation=plan.truncation)
+    return source.generate_seeds(seeds, plan.label_array(indices), truncation=plan.truncation)
 
 
 def _folder(plan: SamplePlan, i: int, info: ModelInfo) -> str:
@@ -287,16 +290,18 @@ def run_sample(
     base_seed: int = 0,
     labels: Sequence[int] | None = None,
     captions: Sequence[str] | None = None,
+    truncation: float | None = None,
     chunk_size: int = 256,
     shard_size: int = 1000,
     progress: bool = False,
 ) -> SampleReport:
     """Write n images from ``source`` (a GanClient or LocalGenerator) to ``out``; a
-    text-to-image model needs ``captions`` (used in turn)."""
+    text-to-image model needs ``captions`` (used in turn); ``truncation`` is psi."""
     if layout not in WRITERS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
     if n < 1 or chunk_size < 1 or shard_size < 1:
         raise ValueError("n, chunk_size and shard_size must be >= 1")
+    check_truncation(truncation)
     info = source.info()
     check_text(info, list(captions) if captions else None)
     if info.takes_text and labels:
@@ -311,7 +316,7 @@ def run_sample(
     else:
         cycle = None
     texts = list(captions) if captions else None
-    plan = SamplePlan(info.name, n, base_seed, cycle, layout, shard_size, texts)
+    plan = SamplePlan(info.name, n, base_seed, cycle, layout, shard_size, texts, truncation)
     path = Path(out)
     if layout == "npz" and path.suffix != ".npz":
         path = path.with_suffix(".npz")
@@ -376,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="CAPTION",
         help="a text-to-image model's caption; repeat for several, used in turn",
+    )
+    p.add_argument(
+        "--truncation",
+        type=float,
+        metavar="PSI",
+        help="truncation psi in [0, 1], as the service's field (default: the model's own)",
     )
     p.add_argument(
         "--url", type=service_url, default="http://127.0.0.1:8000", help="service base URL"
@@ -458,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 base_seed=args.seed,
                 labels=args.labels,
                 captions=args.text,
+                truncation=args.truncation,
                 chunk_size=args.chunk_size,
                 shard_size=args.shard_size,
                 progress=not args.no_progress,

@@ -389,9 +389,16 @@ def model_latents(
     """Seeds -> latents by the model's own rule: resampled within the (psi-scaled) threshold
     for a model with resample truncation, the plain draw otherwise (psi is then applied by
     scaling, :func:`truncate_latents`)."""
-    spec = manifest.truncation
+    return rule_latents(manifest.truncation, manifest.nz, seeds, psi)
+
+
+def rule_latents(
+    spec: TruncationSpec | None, nz: int, seeds: list[int] | np.ndarray, psi: float | None = None
+) -> np.ndarray:
+    """:func:`model_latents` for a caller that has the truncation spec and nz, not the manifest
+    (a client reads them from the v2 metadata)."""
     threshold = None if spec is None else spec.threshold_for(psi)
-    return latents_from_seeds(seeds, manifest.nz, threshold)
+    return latents_from_seeds(seeds, nz, threshold)
 
 
 def truncate_latents(manifest: Manifest, z: np.ndarray, psi: float | None) -> np.ndarray:
@@ -399,7 +406,11 @@ def truncate_latents(manifest: Manifest, z: np.ndarray, psi: float | None) -> np
     leaves z unchanged). Resample truncation: values are clipped to the psi-scaled threshold,
     which leaves the model's own seed latents unchanged; latents a caller sent cannot be redrawn.
     """
-    spec = manifest.truncation
+    return truncate_by(manifest.truncation, z, psi)
+
+
+def truncate_by(spec: TruncationSpec | None, z: np.ndarray, psi: float | None) -> np.ndarray:
+    """:func:`truncate_latents` by a truncation spec (None: scaling by psi)."""
     if spec is None:
         if psi is None or psi == 1.0:
             return z
@@ -407,6 +418,25 @@ def truncate_latents(manifest: Manifest, z: np.ndarray, psi: float | None) -> np
     t = spec.threshold_for(psi)
     limit = np.float32(0.0 if t <= 0.0 else max(t, MIN_RESAMPLE_THRESHOLD))
     return np.clip(z, -limit, limit).astype(np.float32)
+
+
+def seed_contract_latents(
+    spec: TruncationSpec | None, nz: int, seeds: list[int] | np.ndarray, psi: float | None = None
+) -> np.ndarray:
+    """What the service feeds the generator for these seeds and psi (drawn by the rule, then
+    truncated): the latents a client sends to get the seed routes' images."""
+    return truncate_by(spec, rule_latents(spec, nz, seeds, psi), psi)
+
+
+def latent_rule_text(spec: TruncationSpec | None) -> str:
+    """The seed -> latent rule in words, for the v2 metadata."""
+    rule = "seed s -> numpy PCG64(s).standard_normal(nz, float32)"
+    if spec is None:
+        return rule
+    return (
+        f"{rule}; then each value beyond truncation.threshold ({spec.threshold:g}) in magnitude "
+        "is redrawn from the same generator until none is"
+    )
 
 
 def dump_json(data: Any) -> str:

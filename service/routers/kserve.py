@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..context import context
 from ..errors import V2_ERROR_RESPONSES, ServiceError
-from ..manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
+from ..manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest, latent_rule_text
 from ..pipeline import (
     check_room,
     deadline,
@@ -132,8 +132,13 @@ def model_metadata(manifest: Manifest, version: int | str) -> dict[str, Any]:
             "class_names": list(manifest.class_names),
             "image_size": size,
             "channels": channels,
-            "latent": "seed s -> numpy PCG64(s).standard_normal(nz, float32)",
+            "latent": latent_rule_text(manifest.truncation),
             "kind": manifest.kind,
+            **(
+                {"truncation": manifest.truncation.model_dump()}
+                if manifest.truncation is not None
+                else {}
+            ),
             **(
                 {"domains": [manifest.translation.domain_a, manifest.translation.domain_b]}
                 if manifest.translation is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import time
 from email.utils import formatdate
@@ -14,10 +15,11 @@ import pytest
 
 from ganclient import AsyncGanClient, GanClient, GanServeError, GanServeUnavailable
 from ganclient.local import LocalGenerator
+from service.manifest import TruncationSpec
 from tests.support.server import ServiceProcess
 from tests.support.tiny_model import write_tiny_model
 
-from .conftest import SIZE
+from .conftest import NZ, SIZE
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,52 @@ def test_generate_matches_model_and_service_conventions(service, local):
         assert [p.size for p in pics] == [(SIZE, SIZE)] * 2 and pics[0].mode == "L"
         assert np.array_equal(np.asarray(pics[0]), local.generate(1, labels=1, seed=3)[0, :, :, 0])
         assert client.ready()
+
+
+def test_truncation_is_the_services_psi(service, local):
+    """psi scales a model's latents here as in the seed routes (a model without a truncation
+    spec); a psi the service would refuse is refused before any request."""
+    with GanClient(service.url, "tiny") as client:
+        half = client.generate(4, labels=3, seed=11, truncation=0.5)
+        body = {"seed": 11, "n": 4, "labels": 3, "truncation": 0.5, "format": "npy"}
+        served = httpx.post(f"{service.url}/v1/models/tiny/generate", json=body)
+        assert np.array_equal(half, np.load(io.BytesIO(served.content)))
+        assert np.array_equal(half, local.generate(4, labels=3, seed=11, truncation=0.5))
+        assert not np.array_equal(half, client.generate(4, labels=3, seed=11))
+        for bad in (1.5, -0.1, float("nan"), "0.5", True):
+            with pytest.raises(ValueError, match="truncation must be"):
+                client.generate(1, seed=0, truncation=bad)
+
+
+@pytest.mark.slow
+def test_seeds_match_the_service_under_resample_truncation(tmp_path: Path):
+    """A model with resample truncation (BigGAN's): the clients draw seed latents by the rule
+    the metadata states, so seed s is the same image here, in the seed routes and in-process,
+    at the model's own threshold and at an explicit psi."""
+    spec = TruncationSpec(kind="resample", threshold=1.0)  # redraws about a third of values
+    write_tiny_model(tmp_path, "trunc", nz=NZ, image_size=SIZE, truncation=spec)
+    local = LocalGenerator(tmp_path, "trunc")
+    with ServiceProcess(tmp_path, "--threads", "1", "--no-warmup") as proc:
+        meta = httpx.get(f"{proc.url}/v2/models/trunc").json()["parameters"]
+        assert meta["truncation"] == {"kind": "resample", "threshold": 1.0}
+        assert "redrawn" in meta["latent"]
+
+        async def run_async(psi: float | None) -> np.ndarray:
+            async with AsyncGanClient(proc.url, "trunc") as c:
+                return await c.generate(6, labels=[1, 2, 3, 4, 5, 6], seed=40, truncation=psi)
+
+        with GanClient(proc.url, "trunc") as client:
+            assert client.info().truncation == spec
+            for psi in (None, 0.5):
+                extra = {} if psi is None else {"truncation": psi}
+                body = {"seed": 40, "n": 6, "labels": [1, 2, 3, 4, 5, 6], "format": "npy", **extra}
+                served = httpx.post(f"{proc.url}/v1/models/trunc/generate", json=body)
+                expected = np.load(io.BytesIO(served.content))
+                mine = client.generate(6, labels=[1, 2, 3, 4, 5, 6], seed=40, truncation=psi)
+                assert np.array_equal(mine, expected), psi
+                assert np.array_equal(asyncio.run(run_async(psi)), expected), psi
+                theirs = local.generate(6, labels=[1, 2, 3, 4, 5, 6], seed=40, truncation=psi)
+                assert np.array_equal(theirs, expected), psi
 
 
 def test_large_n_is_chunked_under_the_request_limit(service, local):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -91,3 +92,16 @@ def test_local_source_yields_the_same_stream(service, tiny_store):
     remote = collect(GanDataset(service.url, "tiny", **kwargs), workers=0)
     local = collect(GanDataset(None, "tiny", local=tiny_store, **kwargs), workers=0)
     assert torch.equal(remote[0], local[0]) and remote[1:] == local[1:]
+
+
+def test_truncation_reaches_the_images(service, tiny_store):
+    kwargs = {"num_samples": 8, "base_seed": 5, "return_seed": True}
+    half = collect(GanDataset(service.url, "tiny", truncation=0.5, **kwargs), workers=0)
+    local = collect(GanDataset(None, "tiny", local=tiny_store, truncation=0.5, **kwargs), 0)
+    full = collect(GanDataset(service.url, "tiny", **kwargs), workers=0)
+    assert torch.equal(half[0], local[0]) and not torch.equal(half[0], full[0])
+    gen = LocalGenerator(tiny_store, "tiny")
+    expected = gen.generate_seeds(half[2], np.array(half[1]), truncation=0.5)
+    assert torch.equal(half[0], torch.from_numpy(expected).permute(0, 3, 1, 2).float() / 255)
+    with pytest.raises(ValueError, match="truncation must be"):
+        GanDataset(service.url, "tiny", truncation=1.5, num_samples=1)

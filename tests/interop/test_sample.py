@@ -112,12 +112,12 @@ class CountingSource:
     def info(self):
         return self.inner.info()
 
-    def generate_seeds(self, seeds, labels):
+    def generate_seeds(self, seeds, labels, **kw):
         self.calls += 1
         if self.calls == self.fail_on_call:
             raise RuntimeError("cut off")
         self.images += len(seeds)
-        return self.inner.generate_seeds(seeds, labels)
+        return self.inner.generate_seeds(seeds, labels, **kw)
 
 
 def test_unconditional_model_and_bad_labels(tiny_store: Path, tmp_path: Path):
@@ -164,6 +164,35 @@ def test_remote_sample_equals_local(service, tiny_store: Path, tmp_path: Path):
         )
         == 2
     )
+
+
+def test_truncation_is_part_of_the_run(
+    service, tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """--truncation reaches the images (remote and local agree), is recorded as part of the
+    run (resuming with another psi is refused), and a psi the service refuses is refused."""
+    common = ["-n", "12", "--model", "tiny", "--layout", "npz", "--seed", "3", "--no-progress"]
+    half = [*common, "--truncation", "0.5"]
+    assert main([*half, "-o", str(tmp_path / "remote.npz"), "--url", service.url]) == 0
+    assert main([*half, "-o", str(tmp_path / "local.npz"), "--local", str(tiny_store)]) == 0
+    assert main([*common, "-o", str(tmp_path / "full.npz"), "--local", str(tiny_store)]) == 0
+    with (
+        np.load(tmp_path / "remote.npz") as remote,
+        np.load(tmp_path / "local.npz") as local,
+        np.load(tmp_path / "full.npz") as full,
+    ):
+        assert np.array_equal(remote["images"], local["images"])
+        assert not np.array_equal(local["images"], full["images"])
+        assert json.loads(str(local["plan"]))["truncation"] == 0.5
+        assert "truncation" not in json.loads(str(full["plan"]))
+    folder = ["-n", "4", "-o", str(tmp_path / "tree"), "--local", str(tiny_store), "--model"]
+    folder += ["tiny", "--no-progress"]
+    assert main([*folder, "--truncation", "0.5"]) == 0
+    capsys.readouterr()
+    assert main([*folder, "--truncation", "0.7"]) == 2
+    assert "truncation" in one_error_line(capsys)
+    assert main([*folder, "--truncation", "2"]) == 2
+    assert "truncation must be a number between 0 and 1" in one_error_line(capsys)
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:

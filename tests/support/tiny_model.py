@@ -23,6 +23,7 @@ from service.manifest import (
     ONNX_FILE,
     ArtifactSpec,
     Manifest,
+    TruncationSpec,
     expected_inputs,
     expected_outputs,
     sha256_file,
@@ -104,8 +105,10 @@ def write_tiny_model(
     channels: int = 1,
     num_classes: int = 10,
     work: int = 0,
+    truncation: TruncationSpec | None = None,
 ) -> Path:
-    """Write ``store/<name>/<version>/{generator.onnx, manifest.json}``; return that directory."""
+    """Write ``store/<name>/<version>/{generator.onnx, manifest.json}``; return that directory
+    (``truncation``: a resample truncation spec, as BigGAN's manifests carry)."""
     directory = Path(store) / name / str(version)
     directory.mkdir(parents=True, exist_ok=True)
     seed = int.from_bytes(hashlib.sha256(f"{name}/{version}".encode()).digest()[:4], "little")
@@ -126,6 +129,7 @@ def write_tiny_model(
         outputs=expected_outputs(image_size, channels),
         artifact=ArtifactSpec(sha256=sha256_file(onnx_path), opset=OPSET),
         evaluation={"note": "random weights"},
+        truncation=truncation,
     )
     manifest.save(directory)
     return directory

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.manifest import Manifest, version_dirs
+from service.manifest import MAX_SEED, Manifest, model_latents, version_dirs
 from tests.support.server import ServiceProcess
 from training.classifier import load_reference_classifier, predict, probabilities
 from training.evaluate import (
@@ -84,17 +84,28 @@ def test_shipped_model_is_intact_and_documented(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_archive_holds_the_same_generator(name: str) -> None:
+def test_archive_holds_the_same_generator(name: str, tmp_path: Path) -> None:
     """The .mar packs the newest version as committed: its ONNX, its whole manifest (an
-    archive built before a re-evaluation would report stale figures) and today's contract."""
-    _, m = _newest(name)
+    archive built before a re-evaluation would report stale figures), and a copy of the model
+    contract that turns seeds into the same latents as the service's."""
+    from training.torchserve_handler import _load_contract
+
+    version_dir, m = _newest(name)
     with zipfile.ZipFile(STORE / f"{name}.mar") as mar:
         onnx_bytes = mar.read("generator.onnx")
         packed = Manifest.model_validate_json(mar.read("manifest.json"))
-        contract = mar.read("manifest.py")
+        unpacked = tmp_path / "mar"
+        mar.extract("manifest.py", unpacked)
     assert hashlib.sha256(onnx_bytes).hexdigest() == m.artifact.sha256
     assert packed == m, f"{name}.mar is stale: rebuild it with gan-train mar model_store/{name}"
-    assert contract == (REPO / "service" / "manifest.py").read_bytes()
+    contract = _load_contract(str(unpacked))
+    assert contract.__file__ == str(unpacked / "manifest.py")
+    bundled = contract.Manifest.load(version_dir)
+    seeds = [0, 1, 2**31, MAX_SEED]
+    for psi in (None, 0.5):
+        assert np.array_equal(
+            contract.model_latents(bundled, seeds, psi), model_latents(m, seeds, psi)
+        )
 
 
 @pytest.mark.parametrize("name", SHIPPED)
