@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import numbers
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -134,7 +135,7 @@ def check_truncation(psi: float | None) -> None:
     """psi as the service accepts it: None (the model's default) or a number in [0, 1]."""
     if psi is None:
         return
-    if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not 0.0 <= psi <= 1.0:
+    if isinstance(psi, bool) or not isinstance(psi, numbers.Real) or not 0.0 <= psi <= 1.0:
         raise ValueError(f"truncation must be a number between 0 and 1, got {psi!r}")
 
 
