@@ -321,14 +321,15 @@ HELP = {
 }
 
 
+# Options whose default is None, so their type cannot be read from the default.
+UNSET_BY_DEFAULT: dict[str, type] = {"channels": int, "lambda_cycle_b": float}
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = CycleTrainConfig()
     for f in fields(CycleTrainConfig):
         default = getattr(defaults, f.name)
-        kind = {"channels": int, "lambda_cycle_b": float}.get(f.name) or {
-            int: int,
-            float: float,
-        }.get(type(default), str)
+        kind = UNSET_BY_DEFAULT.get(f.name) or {int: int, float: float}.get(type(default), str)
         flag = "--" + f.name.replace("_", "-")
         choices = EMBEDDED_PAIRS if f.name == "pair" else None
         parser.add_argument(flag, type=kind, default=default, choices=choices, help=HELP[f.name])
