@@ -54,6 +54,7 @@ class CycleTrainConfig:
     ngf: int = 16
     ndf: int = 32
     n_blocks: int = 3
+    d_downsample: int = 1  # 2 or 3: discriminators that judge larger parts of the image
     steps: int = 1200
     batch_size: int = 8  # the paper: 1
     lr: float = 2e-4
@@ -62,6 +63,7 @@ class CycleTrainConfig:
     lambda_cycle: float = 10.0
     lambda_cycle_b: float | None = None  # the B->A->B cycle's weight; None: lambda_cycle
     lambda_identity: float = 0.5  # times lambda_cycle
+    augment_cycle_a: bool = False  # recolour A->B before B->A in the A cycle (not the paper's)
     pool_size: int = 50
     decay_start: float = 0.5  # fraction of the steps after which lr decays linearly to 0
     log_every: int = 50
@@ -101,6 +103,22 @@ class ImagePool:
             else:
                 out.append(image)
         return torch.stack(out)
+
+
+def recolour(images: torch.Tensor) -> torch.Tensor:
+    """Per image: a random order of the colour channels and, half of the time, inverted
+    intensities (``-x`` in [-1, 1]); differentiable, drawn from torch's global generator.
+
+    Applied to G_AB's output before G_BA in the A->B->A cycle, it shows G_BA strokes of every
+    colour and either polarity, as real B images have them (MNIST-M's strokes are the photo
+    inverted, dark over light patches); without it G_BA only learns to undo G_AB's own
+    palette. French et al. 2018 use intensity flips the same way for digit domains.
+    """
+    n, c = images.shape[:2]
+    order = torch.stack([torch.randperm(c) for _ in range(n)])  # N x C
+    images = torch.gather(images, 1, order[:, :, None, None].expand_as(images))
+    flip = (torch.rand(n, 1, 1, 1) < 0.5).to(images.dtype)
+    return images * (1 - 2 * flip)
 
 
 def _lsgan(scores: torch.Tensor, real: bool) -> torch.Tensor:
@@ -166,6 +184,7 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
         ngf=cfg.ngf,
         ndf=cfg.ndf,
         n_blocks=cfg.n_blocks,
+        d_downsample=cfg.d_downsample,
     )
     model = CycleGAN(mcfg).train()
     betas = (cfg.beta1, cfg.beta2)
@@ -242,7 +261,7 @@ def _step(
     fake_b = model.g_ab(real_a)
     fake_a = model.g_ba(real_b)
     adv = _lsgan(model.d_b(fake_b), True) + _lsgan(model.d_a(fake_a), True)
-    cycle_a = F.l1_loss(model.g_ba(fake_b), real_a)
+    cycle_a = F.l1_loss(model.g_ba(recolour(fake_b) if cfg.augment_cycle_a else fake_b), real_a)
     cycle_b = F.l1_loss(model.g_ab(fake_a), real_b)
     cycle = cfg.lambda_cycle * cycle_a + cfg.cycle_weight_b * cycle_b
     identity = F.l1_loss(model.g_ab(real_b), real_b) + F.l1_loss(model.g_ba(real_a), real_a)
@@ -303,6 +322,8 @@ HELP = {
     "ngf": "generator width at full resolution",
     "ndf": "discriminator width of its first block",
     "n_blocks": "residual blocks of the generator",
+    "d_downsample": "stride-2 blocks of each discriminator: 1 judges 16x16 patches of a 32x32 "
+    "image, 2 judges 26x26, 3 the whole image (docs/TRAINING.md)",
     "steps": "training steps (lr decays linearly over the second half)",
     "batch_size": "images of each domain per step",
     "lr": "Adam learning rate",
@@ -312,6 +333,8 @@ HELP = {
     "lambda_cycle_b": "weight of the B->A->B cycle loss, when B carries more than A "
     "(MNIST-M's photos; docs/TRAINING.md)",
     "lambda_identity": "weight of the identity loss, times lambda-cycle",
+    "augment_cycle_a": "recolour A->B (random channel order, half the time inverted) before "
+    "B->A in the A cycle, so B->A learns strokes of any colour (docs/TRAINING.md)",
     "pool_size": "generated images kept for the discriminators",
     "decay_start": "fraction of the steps after which lr decays to 0",
     "log_every": "steps between metrics lines",
@@ -331,7 +354,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, f.name)
         kind = UNSET_BY_DEFAULT.get(f.name) or {int: int, float: float}.get(type(default), str)
         flag = "--" + f.name.replace("_", "-")
-        choices = EMBEDDED_PAIRS if f.name == "pair" else None
+        choices = {"pair": EMBEDDED_PAIRS, "d_downsample": (1, 2, 3)}.get(f.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=HELP[f.name])
+            continue
         parser.add_argument(flag, type=kind, default=default, choices=choices, help=HELP[f.name])
     parser.add_argument(
         "--store",

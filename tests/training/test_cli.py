@@ -165,3 +165,20 @@ def test_image_size_help_and_training_doc_agree() -> None:
     assert IMAGE_SIZE_HELP in " ".join(sub.format_help().split())
     doc = " ".join((REPO / "docs" / "TRAINING.md").read_text(encoding="utf-8").split())
     assert IMAGE_SIZE_HELP in doc
+
+
+def test_cyclegan_options_reach_the_run_config(capsys: pytest.CaptureFixture[str]) -> None:
+    """The flag turns the A-cycle recolouring on, the discriminator depth is one of three,
+    and anything else is a one-line usage error."""
+    from training.cyclegan_train import CycleTrainConfig
+
+    parser, _ = cli.build_parser(["cyclegan"])
+    args = parser.parse_args(["cyclegan", "--augment-cycle-a", "--d-downsample", "2"])
+    assert args.augment_cycle_a is True and args.d_downsample == 2
+    default = parser.parse_args(["cyclegan"])
+    assert default.augment_cycle_a is CycleTrainConfig.augment_cycle_a is False
+    assert default.d_downsample == CycleTrainConfig.d_downsample == 1
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["cyclegan", "--d-downsample", "4"])
+    assert exc.value.code == 2
+    assert "--d-downsample: invalid choice: 4" in capsys.readouterr().err

@@ -95,22 +95,41 @@ def test_embedded_pairs_are_unpaired_and_named() -> None:
         load_embedded_pair(32, "svhn")
 
 
-def test_patch_discriminator_judges_16x16_patches() -> None:
-    """One score per 16x16 patch of a 32x32 image (the documented PatchGAN scaling), and
-    a score moves only with the pixels of its own patch."""
+@pytest.mark.parametrize(("d_downsample", "patch", "scores"), [(1, 16, 16), (2, 26, 8), (3, 38, 4)])
+def test_patch_discriminator_judges_patches_of_the_documented_size(
+    d_downsample: int, patch: int, scores: int
+) -> None:
+    """One score per ``patch``-sided patch of a 32x32 image (the default: the documented
+    PatchGAN scaling, 16x16), and a score moves only with the pixels of its own patch."""
     from training.families.cyclegan import CycleGAN, CycleGANConfig, receptive_field
 
-    d = CycleGAN(CycleGANConfig()).d_a.eval()
-    assert receptive_field(d) == 16
-    assert d(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 16, 16)
+    d = CycleGAN(CycleGANConfig(d_downsample=d_downsample)).d_a.eval()
+    assert receptive_field(d) == patch
+    assert d(torch.zeros(1, 1, 32, 32)).shape == (1, 1, scores, scores)
     for i, layer in enumerate(d.net):  # instance norm mixes the whole image: leave it out
         if isinstance(layer, torch.nn.InstanceNorm2d):
             d.net[i] = torch.nn.Identity()
     x = torch.rand(1, 1, 32, 32, requires_grad=True)
-    scores = d(x)
-    scores[0, 0, 8, 8].backward()
+    out = d(x)
+    out[0, 0, scores // 2, scores // 2].backward()
     rows, cols = torch.nonzero(x.grad[0, 0]).unbind(1)
-    assert int(rows.max()) - int(rows.min()) < 16 and int(cols.max()) - int(cols.min()) < 16
+    seen = min(patch, 32)
+    assert int(rows.max()) - int(rows.min()) < seen and int(cols.max()) - int(cols.min()) < seen
+    if d_downsample == 1:  # a 16x16 patch: half the image, not all of it
+        assert int(rows.max()) - int(rows.min()) < 16
+    else:  # larger patches reach past the middle of the image both ways
+        assert int(rows.max()) - int(rows.min()) >= 16
+
+
+def test_the_discriminator_keeps_its_weight_names_at_every_depth() -> None:
+    """Checkpoints name D's weights the same whatever ``d_downsample`` is."""
+    from training.families.cyclegan import CycleGANConfig, PatchDiscriminator
+
+    names = [
+        [name for name, _ in PatchDiscriminator(CycleGANConfig(d_downsample=d)).named_parameters()]
+        for d in (1, 2, 3)
+    ]
+    assert names[0] == names[1] == names[2]
 
 
 def test_folder_pair_needs_both_folders(tmp_path: Path) -> None:
@@ -216,7 +235,7 @@ def test_torchserve_archive_refuses_an_image_to_image_model(tmp_path: Path) -> N
         build_mar(directory, tmp_path / "flip.mar")
 
 
-def _one_step_g_ab(**weights: float | None) -> list[torch.Tensor]:
+def _one_step_g_ab(**weights: float | bool | None) -> list[torch.Tensor]:
     """G_AB's weights after one training step from a fixed start with these loss weights."""
     import random
 
@@ -253,3 +272,33 @@ def test_an_empty_pool_hands_the_discriminators_detached_images() -> None:
     for size in (0, 3):
         out = ImagePool(size, random.Random(0)).query(fake)
         assert not out.requires_grad and torch.equal(out, fake.detach())
+
+
+def test_recolour_reorders_channels_and_inverts_some_images() -> None:
+    """Each image keeps its channel values, reordered, and sign-flipped all together or not
+    at all; over many images both polarities and several channel orders occur."""
+    from training.cyclegan_train import recolour
+
+    torch.manual_seed(0)
+    # channel k holds the constant (k + 1) / 4, so each output pixel names its source channel
+    images = (torch.arange(1, 4, dtype=torch.float32) / 4).view(1, 3, 1, 1).repeat(64, 1, 2, 2)
+    out = recolour(images)
+    assert out.shape == images.shape
+    signs = torch.sign(out[:, :, 0, 0])
+    assert bool((signs == signs[:, :1]).all())  # one polarity per image
+    assert {-1.0, 1.0} == set(signs[:, 0].tolist())
+    values = (out[:, :, 0, 0] * signs).abs()
+    assert bool((values.sort(dim=1).values == images[:, :, 0, 0]).all())  # a permutation
+    assert len({tuple(v) for v in values.tolist()}) > 2  # several orders
+    assert bool((out == out[:, :, :1, :1]).all())  # the same per pixel within a channel
+    grey = recolour(torch.full((8, 1, 2, 2), 0.5, requires_grad=True))
+    grey.sum().backward()  # differentiable, so the cycle's gradient reaches G_AB
+
+
+def test_the_a_cycle_augmentation_is_off_by_default_and_changes_the_step() -> None:
+    """Unset, ``augment_cycle_a`` is the paper's step; set, G_BA sees recoloured images."""
+    paper = _one_step_g_ab(lambda_cycle=10.0)
+    explicit = _one_step_g_ab(lambda_cycle=10.0, augment_cycle_a=False)
+    assert all(torch.equal(x, y) for x, y in zip(paper, explicit, strict=True))
+    augmented = _one_step_g_ab(lambda_cycle=10.0, augment_cycle_a=True)
+    assert not all(torch.equal(x, y) for x, y in zip(paper, augmented, strict=True))

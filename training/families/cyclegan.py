@@ -32,6 +32,7 @@ class CycleGANConfig:
     ngf: int = 16  # generator width at full resolution (the paper: 64)
     ndf: int = 32  # discriminator width of its first block (the paper: 64)
     n_blocks: int = 3  # residual blocks at 8x8 (the paper: 6 at 128x128, 9 at 256x256)
+    d_downsample: int = 1  # stride-2 blocks of D: 1, 2, 3 -> 16, 26, 38-pixel patches at 32x32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,22 +96,32 @@ class ResnetGenerator(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """image [N, C, 32, 32] -> realness scores [N, 1, 16, 16], one per 16x16 patch."""
+    """image [N, C, S, S] -> realness scores [N, 1, S / 2^d, S / 2^d], d = ``d_downsample``.
+
+    ``d_downsample`` 1 (the default) scores 16x16 patches of a 32x32 image; 2 makes the
+    second block stride 2 (26x26 patches, 8x8 scores); 3 the third too (the whole image, 4x4
+    scores). The layer order is the same for all three, so the weights' names are.
+    """
 
     def __init__(self, cfg: CycleGANConfig):
         super().__init__()
         c, f = cfg.channels, cfg.ndf
-        self.net = nn.Sequential(
-            nn.Conv2d(c, f, 4, 2, 1),  # f x 16 x 16
+        layers: list[nn.Module] = [
+            nn.Conv2d(c, f, 4, 2, 1),  # f x S/2 x S/2
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(f, 2 * f, 3, 1, 1, bias=False),  # 2f x 16 x 16
-            nn.InstanceNorm2d(2 * f, affine=True),
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * f, 4 * f, 3, 1, 1, bias=False),  # 4f x 16 x 16
-            nn.InstanceNorm2d(4 * f, affine=True),
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(4 * f, 1, 3, 1, 1),  # 1 x 16 x 16
-        )
+        ]
+        width = f
+        for block in (1, 2):
+            down = block < cfg.d_downsample
+            layers += [
+                # 2w x S/2^(block+1) when it downsamples, else the side unchanged
+                nn.Conv2d(width, 2 * width, 4 if down else 3, 2 if down else 1, 1, bias=False),
+                nn.InstanceNorm2d(2 * width, affine=True),
+                nn.LeakyReLU(0.2, True),
+            ]
+            width *= 2
+        layers.append(nn.Conv2d(width, 1, 3, 1, 1))  # 1 x S/2^d x S/2^d
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
