@@ -1,4 +1,4 @@
-"""The committed CycleGAN in model_store: intact, as good as its manifest says, and its
+"""The committed CycleGANs in model_store: intact, as good as their manifests say, and their
 recorded cycle errors reproduced from the graph on the held-out images."""
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from service.manifest import Manifest, version_dirs
 from training.translation_eval import OnnxTranslator, mean_abs_error, to_pixels, training_pair
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL_DIR = REPO / "model_store" / "mnist-fonts-cyclegan"
+# name -> channels: typeset digits are grey, MNIST-M's blends are colour (A is grey repeated)
+SHIPPED = {"mnist-fonts-cyclegan": 1, "mnist-m-cyclegan": 3}
 
 
-@pytest.fixture(scope="module")
-def shipped() -> tuple[Path, Manifest]:
-    versions = version_dirs(MODEL_DIR)
-    assert versions, f"no shipped model under {MODEL_DIR}"
+@pytest.fixture(scope="module", params=sorted(SHIPPED))
+def shipped(request: pytest.FixtureRequest) -> tuple[Path, Manifest]:
+    model_dir = REPO / "model_store" / request.param
+    versions = version_dirs(model_dir)
+    assert versions, f"no shipped model under {model_dir}"
     version_dir = versions[max(versions)]
     return version_dir, Manifest.load(version_dir)
 
@@ -25,14 +27,17 @@ def shipped() -> tuple[Path, Manifest]:
 def test_manifest_artifact_and_recorded_scores(shipped) -> None:
     version_dir, m = shipped
     m.verify_artifact(version_dir)
-    assert m.translates and m.family == "cyclegan" and m.image_size == 32 and m.channels == 1
+    assert m.translates and m.family == "cyclegan" and m.image_size == 32
+    assert m.channels == SHIPPED[m.name]
     assert (version_dir / "generator.onnx").stat().st_size < 3_000_000  # two generators
     r = m.evaluation
     assert r["heldout_a"] == r["heldout_b"] == 1000
-    # the recorded verdict follows from the recorded figures (the 90% target is not met yet)
+    # the recorded verdict follows from the recorded figures
     kept = min(r["digit_kept_ab"], r["digit_kept_ba"])
     assert r["meets_target"] is (kept >= r["digit_kept_target"] == 0.9)
-    assert r["digit_kept_aba"] >= 0.9 and r["digit_kept_bab"] >= 0.9  # the cycle keeps it
+    assert r["digit_kept_aba"] >= 0.9  # the A cycle keeps the digit
+    if m.training["train_config"].get("lambda_cycle_b") != 0:  # and the B cycle, if trained
+        assert r["digit_kept_bab"] >= 0.9
     assert r["domain_fooled_ba"] >= 0.5  # most B->A images pass for handwriting
     assert m.training["export"]["parity_max_abs_diff"] <= 1
     assert (version_dir / "report.md").is_file() and (version_dir / "samples.png").is_file()
@@ -66,10 +71,10 @@ def test_the_service_translates_with_the_shipped_model(shipped) -> None:
 
     version_dir, m = shipped
     pair = training_pair(m)
-    digit = to_pixels(pair.heldout_a.images[:1])
-    expected = OnnxTranslator(version_dir, m)(digit, 0)[0, :, :, 0]
+    digit = to_pixels(pair.heldout_a.images[:1])  # [1, 32, 32, C]
+    expected = OnnxTranslator(version_dir, m)(digit, 0)[0]
     body = io.BytesIO()
-    Image.fromarray(digit[0, :, :, 0]).save(body, format="PNG")
+    Image.fromarray(digit[0].squeeze(-1) if m.channels == 1 else digit[0]).save(body, "PNG")
     with ServiceProcess(REPO / "model_store") as svc:
         url = f"{svc.url}/v1/models/{m.name}"
         r = httpx.post(
@@ -79,5 +84,6 @@ def test_the_service_translates_with_the_shipped_model(shipped) -> None:
             headers={"content-type": "image/png"},
         )
         assert r.status_code == 200, r.text
-        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected)
+        got = np.asarray(Image.open(io.BytesIO(r.content)))
+        assert np.array_equal(got.reshape(expected.shape), expected)
         assert httpx.get(f"{url}/generate", timeout=30).status_code == 422
