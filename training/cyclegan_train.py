@@ -4,7 +4,8 @@ Its own small loop beside :mod:`training.loop`, which draws latents and steps on
 CycleGAN steps two of each on two image streams. It reuses the shared checkpoint writer,
 RNG capture and logging helpers. Per step (the paper's order): both generators on the
 adversarial (LSGAN), cycle (L1, weight ``lambda_cycle``) and identity (L1, weight
-``lambda_identity * lambda_cycle``) losses, then each discriminator on real images against a
+``lambda_identity * lambda_cycle``) losses (with ``augment_cycle_a``, G_BA reads a
+:func:`recolour`-ed A->B in the A cycle), then each discriminator on real images against a
 pool of the last ``pool_size`` generated ones, its loss halved. Adam with ``lr`` constant for
 the first half of the steps, then decayed linearly to zero.
 

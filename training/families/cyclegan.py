@@ -8,7 +8,8 @@ PatchGAN (C64-C128-C256 with LeakyReLU 0.2, instance norm from the second block,
 per patch) scaled to 32x32: one stride-2 4x4 block, then 3x3 stride-1 blocks, so each of its
 16x16 scores judges a 16x16 patch (receptive field: :func:`receptive_field`). The paper's
 70x70 patches cover 27% of a 256-pixel side; a 16x16 patch covers half of a 32-pixel digit
-image (docs/TRAINING.md). The loss is least squares (LSGAN), D's targets 1 for real and 0 for
+image (docs/TRAINING.md); ``d_downsample`` 2 or 3 widens it to 26x26 or the whole image.
+The loss is least squares (LSGAN), D's targets 1 for real and 0 for
 fake.
 """
 
