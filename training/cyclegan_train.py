@@ -33,12 +33,11 @@ from PIL import Image
 from training.checkpoint import CHECKPOINT_DIR, LAST_CHECKPOINT, save_checkpoint
 from training.domains import EMBEDDED_PAIRS, MNIST_FONTS, DomainPair, load_domain_pair
 from training.families.cyclegan import CycleGAN, CycleGANConfig
-from training.logs import write_metrics
-from training.loop import lr_factor
+from training.logs import plot_loss_columns, write_metrics
+from training.loop import LOSS_CURVE_FILE, lr_factor
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
-LOSS_CURVE = "loss_curve.png"
 SAMPLE_COLUMNS = 10
 
 
@@ -142,25 +141,6 @@ def sample_sheet(model: CycleGAN, pair: DomainPair, columns: int = SAMPLE_COLUMN
     return pixels.permute(1, 2, 0).squeeze(-1).numpy()
 
 
-def plot_cycle_losses(history: list[dict[str, Any]], path: Path) -> None:
-    """Each logged loss (means over ``log_every`` steps) against the step, via matplotlib Agg."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    steps = [h["step"] for h in history]
-    for key in [k for k in (history[0] if history else {}) if k.startswith("loss_")]:
-        ax.plot(steps, [h[key] for h in history], "o-", markersize=3, label=key[5:])
-    ax.set(xlabel="step", ylabel="loss (unweighted)", title="CycleGAN losses")
-    if history:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def _spread(data: Any, columns: int) -> torch.Tensor:
     """One image per class in order when labelled, else the first ``columns``."""
     n = min(columns, len(data))
@@ -226,7 +206,7 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
                 out / SAMPLES_DIR / f"step_{step + 1:06d}.png"
             )
     elapsed = time.perf_counter() - started
-    plot_cycle_losses(history, out / LOSS_CURVE)
+    plot_loss_columns(history, out / LOSS_CURVE_FILE, "CycleGAN losses")
     path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
     save_checkpoint(
         path,

@@ -95,6 +95,26 @@ def plot_losses(history: list[dict[str, Any]], trace: list[list[float]], path: P
     plt.close(fig)
 
 
+def plot_loss_columns(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Every ``loss_*`` column of ``history`` (logged means) against the step, one line each,
+    via matplotlib Agg: for loops whose losses are not one D and one G."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    steps = [h["step"] for h in history]
+    for key in [k for k in (history[0] if history else {}) if k.startswith("loss_")]:
+        ax.plot(steps, [h[key] for h in history], "o-", markersize=3, label=key[5:])
+    ax.set(xlabel="step", ylabel="loss (unweighted)", title=title)
+    if history:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 # Short names of step statistics on the progress bar.
 BAR_NAMES = {"d_real": "Dx", "d_fake": "DGz"}
 
