@@ -42,6 +42,7 @@ from bench.procs import LOOPBACK, ServerProcess, free_port, http_text
 SERVICE_IMPORT_ERROR: str | None = None
 try:
     from bench.ceiling import model_feeds, time_calls
+    from bench.models import shipped_family_dirs
     from bench.systems import service_workloads
     from service.manifest import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, Manifest
     from service.settings import usable_cores
@@ -50,6 +51,9 @@ except ImportError as exc:
 
     def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
+
+    def shipped_family_dirs() -> tuple[str, ...]:
+        return ()
 
 
 CUDA = "CUDAExecutionProvider"
@@ -93,7 +97,8 @@ class Plan:
 
     quick: bool
     budget_s: float
-    models: tuple[str, ...]
+    models: tuple[str, ...]  # every step, the service steps included
+    family_models: tuple[str, ...]  # in process only: CUDA provider, ceiling and parity
     batch_sizes: tuple[int, ...]
     front_ends: tuple[int, ...]
     cpu_front_ends: tuple[int, ...]
@@ -113,6 +118,7 @@ class Plan:
                 quick=True,
                 budget_s=180.0,  # a hard stop; about a minute is what it takes when idle
                 models=("mnist-cdcgan",),
+                family_models=(),
                 batch_sizes=(1, 8, 64),
                 front_ends=(1, 2),
                 cpu_front_ends=(1, 2),
@@ -130,6 +136,9 @@ class Plan:
             quick=False,
             budget_s=480.0,
             models=("mnist-cdcgan", "dcgan64-rgb"),
+            # Each family's graph on CUDA, cheap in process; the service grid stays at two
+            # models so that every load point fits the budget.
+            family_models=shipped_family_dirs(),
             batch_sizes=tuple(2**k for k in range(11)),  # 1 .. 1024
             front_ends=grid,
             cpu_front_ends=grid,
@@ -165,6 +174,7 @@ class Context:
     started: float
     steps: dict[str, StepResult] = field(default_factory=dict)
     models: dict[str, Path] = field(default_factory=dict)  # name -> version dir
+    served: tuple[str, ...] = ()  # the names of ``models`` the service steps load
     # Why there is no CUDA device (None: there is one); set first thing by the environment step.
     cuda_device: str | None = "not known: the environment step did not run"
 
@@ -325,13 +335,18 @@ def step_models(ctx: Context) -> dict[str, Any]:
         "work = Path(sys.argv[1]); models = [resolve_model(s, work) for s in sys.argv[2:]]; "
         "print(json.dumps({m.name: [str(m.version_dir), m.origin] for m in models}))"
     )
-    command = [sys.executable, "-c", script, str(ctx.work / "models"), *ctx.plan.models]
+    specs = [*ctx.plan.models, *ctx.plan.family_models]
+    command = [sys.executable, "-c", script, str(ctx.work / "models"), *specs]
     code, out = run_command(command, ctx.logs / "models.log", 300)
     if code != 0:
         raise RuntimeError(f"preparing the models failed ({code}): {out[-800:]}")
     found = json.loads(out.strip().splitlines()[-1])
     ctx.models = {name: Path(directory) for name, (directory, _) in found.items()}
-    return {name: {"dir": d, "origin": origin} for name, (d, origin) in found.items()}
+    ctx.served = tuple(found)[: len(ctx.plan.models)]
+    return {
+        name: {"dir": d, "origin": origin, "served": name in ctx.served}
+        for name, (d, origin) in found.items()
+    }
 
 
 def _profile_providers(profile_file: str) -> dict[str, float]:
@@ -551,11 +566,12 @@ def step_parity(ctx: Context) -> dict[str, Any]:
 
 
 def _combined_store(ctx: Context) -> Path:
-    """One model store holding every model under test, so one service serves them all."""
+    """One model store holding every served model under test, so one service serves them all."""
     store = ctx.work / "store"
     if store.exists():
         shutil.rmtree(store)
-    for name, version_dir in ctx.models.items():
+    for name in ctx.served:
+        version_dir = ctx.models[name]
         shutil.copytree(version_dir, store / name / version_dir.name)
     return store
 
@@ -566,7 +582,7 @@ def measure_service(
     """The service on ``device`` at each front-end count: every model, workload and number of
     connections for at most ``point_seconds`` each, within this step's share of the budget."""
     store = _combined_store(ctx)
-    manifests = {name: Manifest.load(d) for name, d in ctx.models.items()}
+    manifests = {name: Manifest.load(ctx.models[name]) for name in ctx.served}
     settings = {
         "GAN_SERVE_DEVICE": device,
         # The service's default, said here so the report shows it: one engine batch queue on
@@ -879,6 +895,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated models: mnist-cdcgan, dcgan64-rgb or <name>/<version> folders "
         "(default: the shipped model and dcgan64-rgb; --quick: the shipped one)",
     )
+    parser.add_argument(
+        "--families",
+        default=None,
+        help="comma-separated <name>/<version> folders checked in process only (CUDA provider, "
+        "ceiling, parity), not served; '' for none (default: every other shipped "
+        "noise-to-image model; --quick: none)",
+    )
     args = parser.parse_args(argv)
     # A stop signal unwinds like an error, so every started service is stopped by PID: they run
     # in their own process sessions, which outlive a killed parent.
@@ -886,6 +909,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.for_host(args.quick, usable_cores())
     if args.models:
         plan = replace(plan, models=tuple(m for m in args.models.split(",") if m))
+    if args.families is not None:
+        plan = replace(plan, family_models=tuple(m for m in args.families.split(",") if m))
     if args.work is not None:
         results = run_check(args.out_dir, plan, args.work)
     else:

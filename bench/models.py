@@ -7,13 +7,27 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.manifest import Manifest, version_dirs
+from service.manifest import NOISE_TO_IMAGE, Manifest, version_dirs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_STORE = REPO_ROOT / "model_store"
 SHIPPED_NAME = "mnist-cdcgan"
 RGB64_NAME = "dcgan64-rgb"
 DEFAULT_MODELS = (SHIPPED_NAME, RGB64_NAME)
+
+
+def shipped_family_dirs() -> tuple[str, ...]:
+    """The newest version folder of every other shipped noise-to-image model (the GAN families),
+    as paths :func:`resolve_model` takes; image- and text-to-image models need other inputs."""
+    found = []
+    for model_dir in sorted(p for p in SHIPPED_STORE.iterdir() if p.is_dir()):
+        versions = version_dirs(model_dir)
+        if model_dir.name == SHIPPED_NAME or not versions:
+            continue
+        newest = versions[max(versions)]
+        if Manifest.load(newest).kind == NOISE_TO_IMAGE:
+            found.append(str(newest))
+    return tuple(found)
 
 
 @dataclass(frozen=True)

