@@ -4,8 +4,9 @@
 #
 # Usage: bash scripts/gpu_wheels.sh DIR
 #   DIR/small/   every wheel but onnxruntime-gpu (a few MB in all)
-#   DIR/parts/   onnxruntime-gpu's wheel cut into 45 MB parts, plus SHA256SUMS of the whole
-#                wheel, so each part fits one transfer; scripts/gpu_check.sh --wheels DIR joins them
+#   DIR/parts/   onnxruntime-gpu's wheel cut into parts of PART_MIB MiB (default 45; the first
+#                FIRST_PART_MIB, default PART_MIB), plus SHA256SUMS of the whole wheel, so each
+#                part fits one transfer; scripts/gpu_check.sh --wheels DIR joins them
 #
 # The set is what the service imports, resolved with its dependencies for the target platform,
 # less what the GPU host's Python already holds (NumPy, Pillow, protobuf, ... : shadowing them
@@ -18,6 +19,8 @@ if [ $# -ne 1 ] || [ "${1:0:1}" = "-" ]; then
 fi
 dir=$1
 python=${PYTHON:-$(command -v python3 || command -v python)}
+part_mib=${PART_MIB:-45}
+first_mib=${FIRST_PART_MIB:-$part_mib}
 
 ORT_GPU="onnxruntime-gpu==1.31.1"
 # What the service imports that the GPU host lacks (pyproject.toml's core dependencies).
@@ -62,7 +65,10 @@ for wheel in "$work"/dl/*.whl; do
   case "$base" in
     onnxruntime_gpu-*)
       (cd "$work/dl" && sha256sum "$base") >"$dir/parts/SHA256SUMS"
-      split -b 45m "$wheel" "$dir/parts/$base.part-"
+      # part-00 travels with small/, so it may be cut shorter than the rest (docs/GPU.md).
+      head -c "${first_mib}M" "$wheel" >"$dir/parts/$base.part-00"
+      tail -c "+$((first_mib * 1024 * 1024 + 1))" "$wheel" |
+        split -b "${part_mib}M" -a 2 --numeric-suffixes=1 - "$dir/parts/$base.part-"
       ;;
     *) mv "$wheel" "$dir/small/" ;;
   esac
