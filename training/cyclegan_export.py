@@ -191,6 +191,8 @@ def export_cyclegan(
         "checkpoint_sha256": sha256_file(ckpt_path),
         "final_losses": _jsonable(history[-1]) if history else None,
     }
+    if ckpt.get("selection"):  # the step chosen on the validation split (--select-every)
+        training["selection"] = _jsonable(ckpt["selection"])
     domain_a, domain_b = ckpt.get("domains") or (pair.name_a, pair.name_b)
     return export_translator(
         model,

@@ -11,12 +11,15 @@ the first half of the steps, then decayed linearly to zero.
 
 Writes under ``out_dir``: ``checkpoints/last.pt``, ``metrics.jsonl`` (a line every
 ``log_every`` steps), ``samples/step_XXXXXX.png`` (held-out A, A->B, A->B->A, B, B->A,
-B->A->B rows) and ``loss_curve.png``; with ``--store``, exports the model and evaluates it.
+B->A->B rows) and ``loss_curve.png``; with ``--select-every``, also ``checkpoints/best.pt``, the
+step chosen on a validation split (:mod:`training.cyclegan_select`). With ``--store``, exports
+the model (the chosen step, with selection) and evaluates it.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import sys
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from training.checkpoint import CHECKPOINT_DIR, LAST_CHECKPOINT, save_checkpoint
+from training.cyclegan_select import BEST_CHECKPOINT, ValidationSet, carve_validation
 from training.domains import EMBEDDED_PAIRS, MNIST_FONTS, DomainPair, load_domain_pair
 from training.families.cyclegan import CycleGAN, CycleGANConfig
 from training.logs import plot_loss_columns, write_metrics
@@ -66,6 +70,8 @@ class CycleTrainConfig:
     augment_cycle_a: bool = False  # recolour A->B before B->A in the A cycle (not the paper's)
     pool_size: int = 50
     decay_start: float = 0.5  # fraction of the steps after which lr decays linearly to 0
+    select_every: int = 0  # >0: score a validation split every N decay steps, keep the best
+    validation_per_class: int = 30  # images per class set aside from each domain's training
     log_every: int = 50
     sample_every: int = 500
     seed: int = 0
@@ -151,7 +157,8 @@ def _spread(data: Any, columns: int) -> torch.Tensor:
 
 
 def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Path:
-    """Run ``cfg.steps`` steps; return the path of ``checkpoints/last.pt``."""
+    """Run ``cfg.steps`` steps; return the path of ``checkpoints/last.pt``, or with selection
+    that of ``checkpoints/best.pt`` (:mod:`training.cyclegan_select`)."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -159,6 +166,10 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
     (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     (out / SAMPLES_DIR).mkdir(exist_ok=True)
     pair = pair or load_domain_pair(cfg.data_a, cfg.data_b, cfg.image_size, cfg.channels, cfg.pair)
+    validation: ValidationSet | None = None
+    if cfg.select_every > 0:
+        pair, validation = carve_validation(pair, cfg.validation_per_class)
+        torch.manual_seed(cfg.seed)  # training a classifier reseeded torch's generator
     mcfg = CycleGANConfig(
         image_size=cfg.image_size,
         channels=pair.train_a.channels,
@@ -178,6 +189,9 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
     pool_a, pool_b = ImagePool(cfg.pool_size, rng), ImagePool(cfg.pool_size, rng)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
+    scores: list[dict[str, Any]] = []  # the validation's, with selection
+    best: dict[str, Any] | None = None  # the selected step's scores and weights
+    first_scored = int(cfg.steps * cfg.decay_start)
     totals: dict[str, float] = {}
     started, cpu_started = time.perf_counter(), time.process_time()
     for step in range(cfg.steps):
@@ -205,25 +219,57 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
             Image.fromarray(sample_sheet(model, pair)).save(
                 out / SAMPLES_DIR / f"step_{step + 1:06d}.png"
             )
+        if (
+            validation is not None
+            and step + 1 > first_scored
+            and ((step + 1) % cfg.select_every == 0 or step + 1 == cfg.steps)
+        ):
+            line = {"step": step + 1, **validation.score(model)}
+            scores.append(line)
+            print(json.dumps(line), flush=True)
+            if best is None or _lower(line) > _lower(best["scores"]):
+                best = {"scores": line, "model": copy.deepcopy(model.state_dict())}
     elapsed = time.perf_counter() - started
     plot_loss_columns(history, out / LOSS_CURVE_FILE, "CycleGAN losses")
     path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+    run_facts = {
+        "family": "cyclegan",
+        "model_config": mcfg.to_dict(),
+        "train_config": cfg.to_dict(),
+        "elapsed_s": round(elapsed, 1),
+        "cpu_s": round(time.process_time() - cpu_started, 1),
+        "domains": [pair.name_a, pair.name_b],
+        "class_names": pair.train_a.class_names,
+    }
     save_checkpoint(
         path,
+        {**run_facts, "model": model.state_dict(), "step": cfg.steps, "history": history},
+    )
+    if best is None:
+        return path
+    chosen = best["scores"]["step"]
+    best_path = out / CHECKPOINT_DIR / BEST_CHECKPOINT
+    save_checkpoint(
+        best_path,
         {
-            "family": "cyclegan",
-            "model_config": mcfg.to_dict(),
-            "train_config": cfg.to_dict(),
-            "model": model.state_dict(),
-            "step": cfg.steps,
-            "history": history,
-            "elapsed_s": round(elapsed, 1),
-            "cpu_s": round(time.process_time() - cpu_started, 1),
-            "domains": [pair.name_a, pair.name_b],
-            "class_names": pair.train_a.class_names,
+            **run_facts,
+            "model": best["model"],
+            "step": chosen,
+            "history": [line for line in history if line["step"] <= chosen],
+            "selection": {
+                "chosen": best["scores"],
+                "validation_per_class": cfg.validation_per_class,
+                "scores": scores,
+            },
         },
     )
-    return path
+    print(f"selected step {chosen} of {cfg.steps}: {json.dumps(best['scores'])}", flush=True)
+    return best_path
+
+
+def _lower(scores: dict[str, Any]) -> float:
+    """What selection maximises: the worse of the two directions' validation digit kept."""
+    return min(scores["val_kept_ab"], scores["val_kept_ba"])
 
 
 def _step(
@@ -318,6 +364,11 @@ HELP = {
     "B->A in the A cycle, so B->A learns strokes of any colour (docs/TRAINING.md)",
     "pool_size": "generated images kept for the discriminators",
     "decay_start": "fraction of the steps after which lr decays to 0",
+    "select_every": "score both directions on a validation split of the training images every "
+    "N steps while lr decays, and keep and export the best step, not the last (0: off; "
+    "labelled domains only; docs/TRAINING.md)",
+    "validation_per_class": "images per class set aside from each domain's training images for "
+    "--select-every",
     "log_every": "steps between metrics lines",
     "sample_every": "steps between sample sheets",
     "seed": "random seed",

@@ -112,7 +112,9 @@ def mean_abs_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
 
 
-def _classifier(data: ImageData, labels: torch.Tensor, num_classes: int, seed: int) -> Any:
+def real_image_classifier(
+    data: ImageData, labels: torch.Tensor, num_classes: int, seed: int
+) -> Any:
     """A classifier trained on real images only; cached under ``runs/`` by recipe and data
     (training is deterministic, so the cache only saves time)."""
     cfg = ClassifierConfig(
@@ -170,7 +172,7 @@ def score_translator(
             torch.ones(len(pair.train_b), dtype=torch.int64),
         ]
     )
-    domain = _classifier(both, domain_labels, 2, seed=0)
+    domain = real_image_classifier(both, domain_labels, 2, seed=0)
     real = torch.cat([to_tensor(a), to_tensor(b)])
     real_domain = torch.cat(
         [torch.zeros(len(a), dtype=torch.int64), torch.ones(len(b), dtype=torch.int64)]
@@ -181,8 +183,8 @@ def score_translator(
     if pair.labelled:
         k = len(pair.heldout_a.class_names)
         log("training a digit classifier per domain on its real training images")
-        digits_a = _classifier(pair.train_a, pair.train_a.labels, k, seed=1)
-        digits_b = _classifier(pair.train_b, pair.train_b.labels, k, seed=2)
+        digits_a = real_image_classifier(pair.train_a, pair.train_a.labels, k, seed=1)
+        digits_b = real_image_classifier(pair.train_b, pair.train_b.labels, k, seed=2)
         la, lb = pair.heldout_a.labels.numpy(), pair.heldout_b.labels.numpy()
         r["digit_classifier_a_heldout_accuracy"] = round(
             accuracy(digits_a, pair.heldout_a.images, pair.heldout_a.labels), 4
