@@ -168,8 +168,8 @@ def test_image_size_help_and_training_doc_agree() -> None:
 
 
 def test_cyclegan_options_reach_the_run_config(capsys: pytest.CaptureFixture[str]) -> None:
-    """The flag turns the A-cycle recolouring on, the discriminator depth is one of three,
-    and anything else is a one-line usage error."""
+    """The flag turns the A-cycle recolouring on, the discriminator depth is one of three
+    (anything else is a one-line usage error), and checkpoint selection is off by default."""
     from training.cyclegan_train import CycleTrainConfig
 
     parser, _ = cli.build_parser(["cyclegan"])
@@ -178,6 +178,9 @@ def test_cyclegan_options_reach_the_run_config(capsys: pytest.CaptureFixture[str
     default = parser.parse_args(["cyclegan"])
     assert default.augment_cycle_a is CycleTrainConfig.augment_cycle_a is False
     assert default.d_downsample == CycleTrainConfig.d_downsample == 1
+    assert default.select_every == CycleTrainConfig.select_every == 0  # the paper: the last step
+    chosen = parser.parse_args(["cyclegan", "--select-every", "200", "--validation-per-class", "9"])
+    assert (chosen.select_every, chosen.validation_per_class) == (200, 9)
     with pytest.raises(SystemExit) as exc:
         parser.parse_args(["cyclegan", "--d-downsample", "4"])
     assert exc.value.code == 2
