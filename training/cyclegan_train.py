@@ -55,6 +55,7 @@ class CycleTrainConfig:
     out_dir: str = "runs/mnist-fonts-cyclegan"
     image_size: int = 32
     channels: int | None = None
+    load_size: int | None = None  # > image_size: the paper's scale jitter (resize, random crop)
     ngf: int = 16
     ndf: int = 32
     n_blocks: int = 3
@@ -125,6 +126,17 @@ def recolour(images: torch.Tensor) -> torch.Tensor:
     images = torch.gather(images, 1, order[:, :, None, None].expand_as(images))
     flip = (torch.rand(n, 1, 1, 1) < 0.5).to(images.dtype)
     return images * (1 - 2 * flip)
+
+
+def jitter(images: torch.Tensor, load_size: int, gen: torch.Generator) -> torch.Tensor:
+    """The paper's scale jitter (its images are loaded at 286 and cropped to 256): each image
+    resized to ``load_size`` (bilinear), then a random crop of the original size."""
+    n, _, size, _ = images.shape
+    grown = F.interpolate(images, size=(load_size, load_size), mode="bilinear", align_corners=False)
+    corners = torch.randint(0, load_size - size + 1, (n, 2), generator=gen).tolist()
+    return torch.stack(
+        [g[:, y : y + size, x : x + size] for g, (y, x) in zip(grown, corners, strict=True)]
+    )
 
 
 def _lsgan(scores: torch.Tensor, real: bool) -> torch.Tensor:
@@ -204,6 +216,8 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
         real_b = pair.train_b.images[
             torch.randint(len(pair.train_b), (cfg.batch_size,), generator=gen)
         ]
+        if cfg.load_size and cfg.load_size > cfg.image_size:
+            real_a, real_b = jitter(real_a, cfg.load_size, gen), jitter(real_b, cfg.load_size, gen)
         stats = _step(model, opt_g, opt_d, pool_a, pool_b, real_a, real_b, cfg)
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v
@@ -346,6 +360,8 @@ HELP = {
     "out_dir": "run directory: checkpoints, metrics, sample sheets",
     "image_size": "side of the square images",
     "channels": "1 or 3 to convert folder images (default: the first folder's own)",
+    "load_size": "the paper's scale jitter: training images resized to this side, then cropped "
+    "back to --image-size at a random place (default: none)",
     "ngf": "generator width at full resolution",
     "ndf": "discriminator width of its first block",
     "n_blocks": "residual blocks of the generator",
@@ -377,7 +393,7 @@ HELP = {
 
 
 # Options whose default is None, so their type cannot be read from the default.
-UNSET_BY_DEFAULT: dict[str, type] = {"channels": int, "lambda_cycle_b": float}
+UNSET_BY_DEFAULT: dict[str, type] = {"channels": int, "load_size": int, "lambda_cycle_b": float}
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

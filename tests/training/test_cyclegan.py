@@ -300,3 +300,27 @@ def test_the_a_cycle_augmentation_is_off_by_default_and_changes_the_step() -> No
     assert all(torch.equal(x, y) for x, y in zip(paper, explicit, strict=True))
     augmented = _one_step_g_ab(lambda_cycle=10.0, augment_cycle_a=True)
     assert not all(torch.equal(x, y) for x, y in zip(paper, augmented, strict=True))
+
+
+def test_jitter_crops_each_grown_image_at_a_random_place() -> None:
+    """Each output is exactly one crop of its image resized to the load size, and the crops
+    fall at several places."""
+    import torch.nn.functional as F
+
+    from training.cyclegan_train import jitter
+
+    images = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    out = jitter(images, 10, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    grown = F.interpolate(images, size=(10, 10), mode="bilinear", align_corners=False)
+    corners = set()
+    for i in range(len(images)):
+        found = [
+            (y, x)
+            for y in range(3)
+            for x in range(3)
+            if torch.equal(out[i], grown[i, :, y : y + 8, x : x + 8])
+        ]
+        assert len(found) == 1
+        corners.add(found[0])
+    assert len(corners) > 3
