@@ -12,6 +12,7 @@ import pytest
 
 from bench.gpu_check import STEPS, Context, Plan, Skip, run_step
 from bench.gpu_report import targets, write_outputs
+from bench.models import shipped_family_dirs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,8 +20,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_quick_check_reports_every_step_passed_or_with_its_reason(tmp_path: Path) -> None:
     out = tmp_path / "out"
+    family = shipped_family_dirs()[0]  # checked in process, not served
     done = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh"), str(out), "--quick"],
+        ["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh"), str(out), "--quick"]
+        + ["--families", family],
         env={**os.environ, "PYTHON": sys.executable},
         capture_output=True,
         text=True,
@@ -48,6 +51,11 @@ def test_quick_check_reports_every_step_passed_or_with_its_reason(tmp_path: Path
         (f, w) for f in (1, 2) for w in ("single", "bulk")
     }
     assert all(r["ok"] > 0 and r["errors"] == 0 for r in service)
+    family_name = Path(family).parent.name
+    assert steps["models"]["data"][family_name]["served"] is False
+    assert ceiling[family_name]["per_batch"][0]["run"] > 0
+    assert family_name in steps["parity"]["data"]
+    assert {r["model"] for r in steps["service_cpu"]["data"]["rows"]} == {"mnist-cdcgan"}
     assert steps["training_resume_cpu"]["status"] == "passed"
     if steps["cuda_provider"]["status"] == "skipped":
         assert "no CUDA device" in steps["cuda_provider"]["reason"]
@@ -167,3 +175,14 @@ def test_report_draws_a_gpu_run(tmp_path: Path) -> None:
         "plot.png",
         "not drawn: matplotlib is not installed",
     )
+
+
+def test_the_full_plan_checks_every_shipped_noise_family_in_process() -> None:
+    from service.manifest import NOISE_TO_IMAGE, Manifest
+
+    families = Plan.for_host(False, 16).family_models
+    names = {Path(d).parent.name for d in families}
+    assert {"biggan-mnist", "gan2014", "progan-mnist"} <= names
+    assert "mnist-cdcgan" not in names  # served, so it is in ``models``
+    assert all(Manifest.load(Path(d)).kind == NOISE_TO_IMAGE for d in families)
+    assert Plan.for_host(True, 2).family_models == ()
