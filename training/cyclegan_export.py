@@ -193,6 +193,8 @@ def export_cyclegan(
     }
     if ckpt.get("selection"):  # the step chosen on the validation split (--select-every)
         training["selection"] = _jsonable(ckpt["selection"])
+    if ckpt.get("averaging"):  # the mean of the decay's weights (--average-every)
+        training["averaging"] = _jsonable(ckpt["averaging"])
     domain_a, domain_b = ckpt.get("domains") or (pair.name_a, pair.name_b)
     return export_translator(
         model,

@@ -12,8 +12,10 @@ the first half of the steps, then decayed linearly to zero.
 Writes under ``out_dir``: ``checkpoints/last.pt``, ``metrics.jsonl`` (a line every
 ``log_every`` steps), ``samples/step_XXXXXX.png`` (held-out A, A->B, A->B->A, B, B->A,
 B->A->B rows) and ``loss_curve.png``; with ``--select-every``, also ``checkpoints/best.pt``, the
-step chosen on a validation split (:mod:`training.cyclegan_select`). With ``--store``, exports
-the model (the chosen step, with selection) and evaluates it.
+step chosen on a validation split (:mod:`training.cyclegan_select`), and with
+``--average-every``, ``checkpoints/average.pt``, the mean of the weights taken during the lr
+decay (:class:`WeightAverage`). With ``--store``, exports the model (that chosen or averaged
+one, where there is one) and evaluates it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from training.logs import plot_loss_columns, write_metrics
 from training.loop import LOSS_CURVE_FILE, lr_factor
 
 METRICS_FILE = "metrics.jsonl"
+AVERAGE_CHECKPOINT = "average.pt"
 SAMPLES_DIR = "samples"
 SAMPLE_COLUMNS = 10
 
@@ -72,6 +75,7 @@ class CycleTrainConfig:
     pool_size: int = 50
     decay_start: float = 0.5  # fraction of the steps after which lr decays linearly to 0
     select_every: int = 0  # >0: score a validation split every N decay steps, keep the best
+    average_every: int = 0  # >0: export the mean of the weights taken every N decay steps
     validation_per_class: int = 30  # images per class set aside from each domain's training
     log_every: int = 50
     sample_every: int = 500
@@ -171,6 +175,8 @@ def _spread(data: Any, columns: int) -> torch.Tensor:
 def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Path:
     """Run ``cfg.steps`` steps; return the path of ``checkpoints/last.pt``, or with selection
     that of ``checkpoints/best.pt`` (:mod:`training.cyclegan_select`)."""
+    if cfg.select_every > 0 and cfg.average_every > 0:
+        raise ValueError("--select-every and --average-every exclude each other: keep one")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -203,6 +209,7 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
     history: list[dict[str, Any]] = []
     scores: list[dict[str, Any]] = []  # the validation's, with selection
     best: dict[str, Any] | None = None  # the selected step's scores and weights
+    average = WeightAverage()
     first_scored = int(cfg.steps * cfg.decay_start)
     totals: dict[str, float] = {}
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -243,6 +250,12 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
             print(json.dumps(line), flush=True)
             if best is None or _lower(line) > _lower(best["scores"]):
                 best = {"scores": line, "model": copy.deepcopy(model.state_dict())}
+        if (
+            cfg.average_every > 0
+            and step + 1 > first_scored
+            and ((step + 1) % cfg.average_every == 0 or step + 1 == cfg.steps)
+        ):
+            average.add(model.state_dict(), step + 1)
     elapsed = time.perf_counter() - started
     plot_loss_columns(history, out / LOSS_CURVE_FILE, "CycleGAN losses")
     path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
@@ -259,6 +272,20 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
         path,
         {**run_facts, "model": model.state_dict(), "step": cfg.steps, "history": history},
     )
+    if average.steps:
+        average_path = out / CHECKPOINT_DIR / AVERAGE_CHECKPOINT
+        save_checkpoint(
+            average_path,
+            {
+                **run_facts,
+                "model": average.weights,
+                "step": cfg.steps,
+                "history": history,
+                "averaging": {"every": cfg.average_every, "steps": average.steps},
+            },
+        )
+        print(f"averaged the weights of steps {average.steps}", flush=True)
+        return average_path
     if best is None:
         return path
     chosen = best["scores"]["step"]
@@ -279,6 +306,25 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
     )
     print(f"selected step {chosen} of {cfg.steps}: {json.dumps(best['scores'])}", flush=True)
     return best_path
+
+
+class WeightAverage:
+    """The running mean of weight snapshots (Izmailov et al. 2018's stochastic weight
+    averaging; Yazici et al. 2019 average GAN generators): successive checkpoints of an
+    adversarial run scatter around a good solution, and their mean sits nearer its middle.
+    The networks have no batch-norm statistics to recompute (instance norm only)."""
+
+    def __init__(self) -> None:
+        self.weights: dict[str, torch.Tensor] = {}
+        self.steps: list[int] = []
+
+    def add(self, state: dict[str, torch.Tensor], step: int) -> None:
+        self.steps.append(step)
+        if len(self.steps) == 1:
+            self.weights = {k: v.detach().clone() for k, v in state.items()}
+            return
+        for k, v in state.items():
+            self.weights[k] += (v.detach() - self.weights[k]) / len(self.steps)
 
 
 def _lower(scores: dict[str, Any]) -> float:
@@ -383,6 +429,8 @@ HELP = {
     "select_every": "score both directions on a validation split of the training images every "
     "N steps while lr decays, and keep and export the best step, not the last (0: off; "
     "labelled domains only; docs/TRAINING.md)",
+    "average_every": "export the mean of the weights taken every N steps while lr decays "
+    "(stochastic weight averaging), not the last step's (0: off; docs/TRAINING.md)",
     "validation_per_class": "images per class set aside from each domain's training images for "
     "--select-every",
     "log_every": "steps between metrics lines",

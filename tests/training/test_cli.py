@@ -180,6 +180,7 @@ def test_cyclegan_options_reach_the_run_config(capsys: pytest.CaptureFixture[str
     assert default.d_downsample == CycleTrainConfig.d_downsample == 1
     assert default.select_every == CycleTrainConfig.select_every == 0  # the paper: the last step
     assert default.load_size is CycleTrainConfig.load_size is None  # no scale jitter
+    assert default.average_every == CycleTrainConfig.average_every == 0  # no weight averaging
     assert parser.parse_args(["cyclegan", "--load-size", "36"]).load_size == 36
     chosen = parser.parse_args(["cyclegan", "--select-every", "200", "--validation-per-class", "9"])
     assert (chosen.select_every, chosen.validation_per_class) == (200, 9)

@@ -108,3 +108,45 @@ def test_the_kept_step_is_the_best_on_the_validation_split(tmp_path: Path) -> No
     _, validation = carve_validation(pair, per_class=5)
     again = validation.score(model)
     assert again == {k: best[k] for k in ("val_kept_ab", "val_kept_ba")}
+
+
+def test_the_weight_average_is_the_mean_of_its_snapshots() -> None:
+    from training.cyclegan_train import WeightAverage
+
+    snapshots = [{"w": torch.randn(3, 2), "b": torch.randn(2)} for _ in range(5)]
+    average = WeightAverage()
+    for step, state in enumerate(snapshots, start=1):
+        average.add(state, step * 10)
+    assert average.steps == [10, 20, 30, 40, 50]
+    for key in ("w", "b"):
+        expected = torch.stack([s[key] for s in snapshots]).mean(0)
+        assert torch.allclose(average.weights[key], expected, atol=1e-6)
+    assert not torch.equal(average.weights["w"], snapshots[-1]["w"])  # a copy, not the last
+
+
+@pytest.mark.slow
+def test_averaging_exports_the_mean_of_the_decay_steps(tmp_path: Path) -> None:
+    from training.cyclegan_train import AVERAGE_CHECKPOINT
+
+    cfg = CycleTrainConfig(
+        out_dir=str(tmp_path / "run"),
+        image_size=16,
+        ngf=4,
+        ndf=4,
+        n_blocks=1,
+        steps=6,
+        batch_size=4,
+        log_every=1,
+        sample_every=6,
+        pool_size=5,
+        average_every=1,
+    )
+    path = train_cyclegan(cfg, tiny_pair(size=16))
+    assert path.name == AVERAGE_CHECKPOINT
+    _, ckpt = load_cyclegan(path)
+    assert ckpt["averaging"] == {"every": 1, "steps": [4, 5, 6]}  # the decay half only
+    _, last = load_cyclegan(path.parent / "last.pt")
+    key = next(k for k in ckpt["model"] if k.startswith("g_ab"))
+    assert not torch.equal(ckpt["model"][key], last["model"][key])
+    with pytest.raises(ValueError, match="exclude each other"):
+        train_cyclegan(CycleTrainConfig(select_every=1, average_every=1), tiny_pair())
