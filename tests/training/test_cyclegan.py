@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -162,6 +163,25 @@ def tiny_pair(n: int = 40, size: int = 8) -> DomainPair:
     )
 
 
+def tiny_run_config(out_dir: Path, steps: int, **options: Any) -> Any:
+    """A CycleTrainConfig for a few-second run on :func:`tiny_pair` images of 16x16."""
+    from training.cyclegan_train import CycleTrainConfig
+
+    return CycleTrainConfig(
+        out_dir=str(out_dir),
+        image_size=16,
+        ngf=4,
+        ndf=4,
+        n_blocks=1,
+        steps=steps,
+        batch_size=4,
+        log_every=1,
+        sample_every=steps,
+        pool_size=5,
+        **options,
+    )
+
+
 def test_scores_of_a_known_translator() -> None:
     """Inverting the pixels maps each toy domain onto the other exactly: shapes kept, domain
     fooled, no cycle error; a perturbation of the intermediate passes straight through."""
@@ -189,21 +209,10 @@ def test_tiny_run_exports_one_graph_with_parity(tmp_path: Path) -> None:
     import onnxruntime as ort
 
     from training.cyclegan_export import export_translator, to_uint8_nhwc
-    from training.cyclegan_train import CycleTrainConfig, load_cyclegan, train_cyclegan
+    from training.cyclegan_train import load_cyclegan, train_cyclegan
 
     pair = tiny_pair(size=16)
-    cfg = CycleTrainConfig(
-        out_dir=str(tmp_path / "run"),
-        image_size=16,
-        ngf=4,
-        ndf=4,
-        n_blocks=1,
-        steps=3,
-        batch_size=4,
-        log_every=1,
-        sample_every=3,
-        pool_size=5,
-    )
+    cfg = tiny_run_config(tmp_path / "run", steps=3)
     model, ckpt = load_cyclegan(train_cyclegan(cfg, pair))
     assert len(ckpt["history"]) == 3 and ckpt["model_config"]["image_size"] == 16
     assert {"loss_cycle_a", "loss_cycle_b", "loss_d_b"} <= set(ckpt["history"][-1])

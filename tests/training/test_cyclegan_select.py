@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.training.test_cyclegan import tiny_pair
+from tests.training.test_cyclegan import tiny_pair, tiny_run_config
 from training.cyclegan_select import BEST_CHECKPOINT, carve_validation
 from training.cyclegan_train import CycleTrainConfig, load_cyclegan, train_cyclegan
 from training.data import DatasetError, ImageData
@@ -82,20 +82,7 @@ def test_selection_refuses_what_it_cannot_score() -> None:
 @pytest.mark.slow
 def test_the_kept_step_is_the_best_on_the_validation_split(tmp_path: Path) -> None:
     pair = tiny_pair(n=80, size=16)
-    cfg = CycleTrainConfig(
-        out_dir=str(tmp_path / "run"),
-        image_size=16,
-        ngf=4,
-        ndf=4,
-        n_blocks=1,
-        steps=6,
-        batch_size=4,
-        log_every=1,
-        sample_every=6,
-        pool_size=5,
-        select_every=1,
-        validation_per_class=5,
-    )
+    cfg = tiny_run_config(tmp_path / "run", steps=6, select_every=1, validation_per_class=5)
     path = train_cyclegan(cfg, pair)
     assert path.name == BEST_CHECKPOINT and (path.parent / "last.pt").is_file()
     model, ckpt = load_cyclegan(path)
@@ -128,19 +115,7 @@ def test_the_weight_average_is_the_mean_of_its_snapshots() -> None:
 def test_averaging_exports_the_mean_of_the_decay_steps(tmp_path: Path) -> None:
     from training.cyclegan_train import AVERAGE_CHECKPOINT
 
-    cfg = CycleTrainConfig(
-        out_dir=str(tmp_path / "run"),
-        image_size=16,
-        ngf=4,
-        ndf=4,
-        n_blocks=1,
-        steps=6,
-        batch_size=4,
-        log_every=1,
-        sample_every=6,
-        pool_size=5,
-        average_every=1,
-    )
+    cfg = tiny_run_config(tmp_path / "run", steps=6, average_every=1)
     path = train_cyclegan(cfg, tiny_pair(size=16))
     assert path.name == AVERAGE_CHECKPOINT
     _, ckpt = load_cyclegan(path)
