@@ -13,11 +13,10 @@ The held-out sets that ``gan-train evaluate`` scores play no part in the choice.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 
-from training.classifier import predict
+from training.classifier import DigitClassifier, predict
 from training.data import DatasetError, ImageData, stratified_split
 from training.domains import DomainPair
 from training.families.cyclegan import CycleGAN
@@ -33,8 +32,8 @@ class ValidationSet:
 
     a: ImageData
     b: ImageData
-    digits_a: Any  # DigitClassifier of domain A
-    digits_b: Any
+    digits_a: DigitClassifier  # trained on domain A's remaining training images
+    digits_b: DigitClassifier
 
     @torch.no_grad()
     def score(self, model: CycleGAN) -> dict[str, float]:

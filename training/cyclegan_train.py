@@ -173,8 +173,8 @@ def _spread(data: Any, columns: int) -> torch.Tensor:
 
 
 def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Path:
-    """Run ``cfg.steps`` steps; return the path of ``checkpoints/last.pt``, or with selection
-    that of ``checkpoints/best.pt`` (:mod:`training.cyclegan_select`)."""
+    """Run ``cfg.steps`` steps; return the path of the checkpoint to export:
+    ``checkpoints/last.pt``, or ``best.pt`` with selection, ``average.pt`` with averaging."""
     if cfg.select_every > 0 and cfg.average_every > 0:
         raise ValueError("--select-every and --average-every exclude each other: keep one")
     torch.set_num_threads(cfg.threads)
@@ -210,7 +210,6 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
     scores: list[dict[str, Any]] = []  # the validation's, with selection
     best: dict[str, Any] | None = None  # the selected step's scores and weights
     average = WeightAverage()
-    first_scored = int(cfg.steps * cfg.decay_start)
     totals: dict[str, float] = {}
     started, cpu_started = time.perf_counter(), time.process_time()
     for step in range(cfg.steps):
@@ -240,21 +239,13 @@ def train_cyclegan(cfg: CycleTrainConfig, pair: DomainPair | None = None) -> Pat
             Image.fromarray(sample_sheet(model, pair)).save(
                 out / SAMPLES_DIR / f"step_{step + 1:06d}.png"
             )
-        if (
-            validation is not None
-            and step + 1 > first_scored
-            and ((step + 1) % cfg.select_every == 0 or step + 1 == cfg.steps)
-        ):
+        if validation is not None and _decay_sample(step + 1, cfg.select_every, cfg):
             line = {"step": step + 1, **validation.score(model)}
             scores.append(line)
             print(json.dumps(line), flush=True)
             if best is None or _lower(line) > _lower(best["scores"]):
                 best = {"scores": line, "model": copy.deepcopy(model.state_dict())}
-        if (
-            cfg.average_every > 0
-            and step + 1 > first_scored
-            and ((step + 1) % cfg.average_every == 0 or step + 1 == cfg.steps)
-        ):
+        if _decay_sample(step + 1, cfg.average_every, cfg):
             average.add(model.state_dict(), step + 1)
     elapsed = time.perf_counter() - started
     plot_loss_columns(history, out / LOSS_CURVE_FILE, "CycleGAN losses")
@@ -325,6 +316,13 @@ class WeightAverage:
             return
         for k, v in state.items():
             self.weights[k] += (v.detach() - self.weights[k]) / len(self.steps)
+
+
+def _decay_sample(step: int, every: int, cfg: CycleTrainConfig) -> bool:
+    """Whether selection or averaging looks at (1-based) ``step``: every ``every`` steps of
+    the learning-rate decay, and the last step."""
+    in_decay = step > int(cfg.steps * cfg.decay_start)
+    return every > 0 and in_decay and (step % every == 0 or step == cfg.steps)
 
 
 def _lower(scores: dict[str, Any]) -> float:
