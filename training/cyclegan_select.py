@@ -20,6 +20,7 @@ from training.classifier import DigitClassifier, predict
 from training.data import DatasetError, ImageData, stratified_split
 from training.domains import DomainPair
 from training.families.cyclegan import CycleGAN
+from training.translation_eval import real_image_classifier, to_pixels, to_tensor
 
 BEST_CHECKPOINT = "best.pt"
 VALIDATION_SEED = 31  # the split of each domain's training images (B uses the next seed)
@@ -38,8 +39,6 @@ class ValidationSet:
     @torch.no_grad()
     def score(self, model: CycleGAN) -> dict[str, float]:
         """The share of digits kept by A->B and by B->A, read from uint8 images as served."""
-        from training.translation_eval import to_pixels, to_tensor
-
         was_training = model.training
         model.eval()
         ab = to_tensor(to_pixels(model.g_ab(self.a.images)))
@@ -59,18 +58,12 @@ def _set_aside(data: ImageData, per_class: int, seed: int) -> tuple[ImageData, I
             f"{data.source} has only {smallest}; lower --validation-per-class"
         )
     train_idx, val_idx = stratified_split(labels, per_class, seed)
-    t, v = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-    return (
-        ImageData(data.images[t], data.labels[t], data.class_names, data.source),
-        ImageData(data.images[v], data.labels[v], data.class_names, data.source),
-    )
+    return data.subset(torch.from_numpy(train_idx)), data.subset(torch.from_numpy(val_idx))
 
 
 def carve_validation(pair: DomainPair, per_class: int) -> tuple[DomainPair, ValidationSet]:
     """The pair with ``per_class`` images of every class taken out of both training sets, and
     those images with classifiers trained on the training images that remain."""
-    from training.translation_eval import real_image_classifier
-
     if not pair.labelled or not pair.train_a.class_names or not pair.train_b.class_names:
         raise DatasetError(
             "checkpoint selection (--select-every) scores kept digits, so it needs labelled "

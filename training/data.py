@@ -65,6 +65,10 @@ class ImageData:
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
 
+    def subset(self, index: torch.Tensor) -> ImageData:
+        """The images (and labels) at ``index``, with the same class names and source."""
+        return ImageData(self.images[index], self.labels[index], self.class_names, self.source)
+
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched fetch used by DataLoader: one tensor gather instead of N item copies."""
         idx = torch.as_tensor(list(indices), dtype=torch.long)

@@ -277,10 +277,7 @@ def _split_folder(data: ImageData, seed: int) -> tuple[ImageData, ImageData]:
         raise DatasetError(f"{data.source} has {n} image(s); need at least 2 (train + held out)")
     order = torch.from_numpy(np.random.Generator(np.random.PCG64(seed)).permutation(n))
     h, t = order[:held], order[held:]
-    return (
-        ImageData(data.images[t], data.labels[t], data.class_names, data.source),
-        ImageData(data.images[h], data.labels[h], data.class_names, data.source),
-    )
+    return data.subset(t), data.subset(h)
 
 
 def load_folder_pair(
