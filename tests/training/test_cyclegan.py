@@ -270,6 +270,15 @@ def test_the_b_cycle_has_its_own_weight() -> None:
     assert not all(torch.equal(x, y) for x, y in zip(same, without, strict=True))
 
 
+def test_a_b_cycle_weighted_zero_is_skipped_without_changing_the_step() -> None:
+    """With ``lambda_cycle_b`` 0 the B cycle is only logged (no backward pass through it);
+    the step must equal one that trains the cycle at a weight too small to move a float32
+    gradient, bit for bit."""
+    skipped = _one_step_g_ab(lambda_cycle=10.0, lambda_cycle_b=0.0)
+    trained = _one_step_g_ab(lambda_cycle=10.0, lambda_cycle_b=1e-30)
+    assert all(torch.equal(x, y) for x, y in zip(skipped, trained, strict=True))
+
+
 def test_an_empty_pool_hands_the_discriminators_detached_images() -> None:
     import random
 
