@@ -84,8 +84,29 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, object |
     return parser, module
 
 
+def model_name(text: str) -> str:
+    """argparse type of every ``--name``: the store's model name rule, checked before a run
+    starts rather than when its export writes the manifest."""
+    import re
+
+    from service.manifest import NAME_PATTERN
+
+    if not re.fullmatch(NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(
+            f"invalid model name {text!r}: use 1-63 lower-case letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit"
+        )
+    return text
+
+
 def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
+    """The first line of an exception's message (its type name when it has none); for a
+    pydantic validation error, its first error with the field it concerns and the value."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and type(exc).__name__ == "ValidationError":
+        first = errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "value"
+        return f"{where}: {first.get('msg', '')} (got {first.get('input')!r})"
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

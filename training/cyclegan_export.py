@@ -37,6 +37,7 @@ from service.manifest import (
     sha256_file,
     utc_now,
 )
+from training.cli import model_name
 from training.export import OPSET, PARITY_TOLERANCE, ExportParityError, check_graph
 from training.families.cyclegan import PAPER, Translator
 
@@ -212,7 +213,9 @@ def export_cyclegan(
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a gan-train cyclegan run's checkpoints/last.pt")
     parser.add_argument("--store", default="model_store", help="the model store")
-    parser.add_argument("--name", default="mnist-fonts-cyclegan", help="model name in the store")
+    parser.add_argument(
+        "--name", type=model_name, default="mnist-fonts-cyclegan", help="model name in the store"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from training.checkpoint import CHECKPOINT_DIR, LAST_CHECKPOINT, save_checkpoint
+from training.cli import model_name
 from training.cyclegan_select import BEST_CHECKPOINT, ValidationSet, carve_validation
 from training.domains import EMBEDDED_PAIRS, MNIST_FONTS, DomainPair, load_domain_pair
 from training.families.cyclegan import CycleGAN, CycleGANConfig
@@ -462,7 +463,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--store",
         help="export the trained model into this store and evaluate it (default: no export)",
     )
-    parser.add_argument("--name", default="mnist-fonts-cyclegan", help="model name in the store")
+    parser.add_argument(
+        "--name", type=model_name, default="mnist-fonts-cyclegan", help="model name in the store"
+    )
     parser.add_argument(
         "--no-evaluate", action="store_true", help="skip the evaluation after export"
     )

@@ -44,6 +44,7 @@ from service.manifest import (
     utc_now,
     version_dirs,
 )
+from training.cli import model_name
 from training.model import Generator, ModelConfig, build_models
 
 OPSET = 17
@@ -422,7 +423,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="training checkpoint (.pt)")
     parser.add_argument("--store", type=Path, default=Path("model_store"), help="model store root")
     parser.add_argument(
-        "--name", default=None, help="model name in the store (default: the run folder's name)"
+        "--name",
+        type=model_name,
+        default=None,
+        help="model name in the store (default: the run folder's name)",
     )
     parser.add_argument(
         "--version", type=int, default=None, help="version number (default: the next free one)"

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from training.cli import model_name
 from training.evaluate import evaluate_generator, render_report
 from training.export import check_name_free, describe_serving, export_checkpoint
 from training.torchserve_archive import build_mar
@@ -108,7 +109,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="ship this checkpoint, skipping training (default: train first)",
     )
     add("--store", type=Path, default=Path("model_store"), help="model store")
-    add("--name", default=DEFAULT_NAME, help="model name in the store")
+    add("--name", type=model_name, default=DEFAULT_NAME, help="model name in the store")
     add("--version", type=int, default=None, help="version number (default: the next free one)")
     add("--force", action="store_true", help="add a version to a name another run trained")
     add("--out-dir", default=None, help="training run folder (default: the training default)")

@@ -40,6 +40,7 @@ from service.manifest import (
 )
 from service.text import VOCABULARY_FILE, Vocabulary
 from training.captions import THRESHOLDS, Threshold, attribute_words, phrasings, vocabulary
+from training.cli import model_name
 from training.data import MNIST_CLASS_NAMES, load_embedded_mnist
 from training.families.stackgan import (
     PAPER,
@@ -372,7 +373,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default=defaults.out, help="run directory (checkpoint)")
     parser.add_argument("--store", default="model_store", help="the model store")
-    parser.add_argument("--name", default="mnist-stackgan", help="model name in the store")
+    parser.add_argument(
+        "--name", type=model_name, default="mnist-stackgan", help="model name in the store"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -137,6 +137,34 @@ def test_user_mistakes_end_in_one_line_and_status_2(
     assert "does not exist" in _one_error_line(capsys, "ship")
 
 
+@pytest.mark.parametrize("command", ["cyclegan", "export-translator", "export", "ship", "stackgan"])
+def test_a_bad_model_name_is_refused_before_any_work(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every ``--name`` follows the store's rule when parsed, so a training run cannot
+    spend minutes and then fail to export under a name the manifest refuses."""
+    args = [command] + (["checkpoint.pt"] if command.startswith("export") else [])
+    with pytest.raises(SystemExit) as stop:
+        cli.main([*args, "--name", "Digits-V2", "--store", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid model name 'Digits-V2'" in err and "lower-case" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_manifest_validation_error_names_its_field() -> None:
+    """A pydantic error's one line says which field and value, not only how many errors."""
+    from pydantic import ValidationError
+
+    from service.manifest import Manifest
+
+    with pytest.raises(ValidationError) as caught:
+        Manifest.model_validate({"name": "Bad Name"})
+    line = cli.one_line(caught.value)
+    assert "validation error" not in line
+    assert line.startswith("name: ") and "'Bad Name'" in line
+
+
 # --- help: every default shown ---------------------------------------------------------------
 
 
