@@ -102,9 +102,10 @@ def model_name(text: str) -> str:
 def one_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none); for a
     pydantic validation error, its first error with the field it concerns and the value."""
-    errors = getattr(exc, "errors", None)
-    if callable(errors) and type(exc).__name__ == "ValidationError":
-        first = errors()[0]
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ())) or "value"
         return f"{where}: {first.get('msg', '')} (got {first.get('input')!r})"
     text = str(exc).strip()
