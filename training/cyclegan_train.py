@@ -348,13 +348,12 @@ def _step(
     fake_a = model.g_ba(real_b)
     adv = _lsgan(model.d_b(fake_b), True) + _lsgan(model.d_a(fake_a), True)
     cycle_a = F.l1_loss(model.g_ba(recolour(fake_b) if cfg.augment_cycle_a else fake_b), real_a)
-    if cfg.cycle_weight_b > 0:
+    # Weighted 0, the B cycle is logged, not trained: its graph would cost a backward pass.
+    with torch.set_grad_enabled(cfg.cycle_weight_b > 0):
         cycle_b = F.l1_loss(model.g_ab(fake_a), real_b)
-        cycle = cfg.lambda_cycle * cycle_a + cfg.cycle_weight_b * cycle_b
-    else:  # logged, not trained: a graph weighted 0 would cost a backward pass for nothing
-        with torch.no_grad():
-            cycle_b = F.l1_loss(model.g_ab(fake_a), real_b)
-        cycle = cfg.lambda_cycle * cycle_a
+    cycle = cfg.lambda_cycle * cycle_a
+    if cfg.cycle_weight_b > 0:
+        cycle = cycle + cfg.cycle_weight_b * cycle_b
     identity = F.l1_loss(model.g_ab(real_b), real_b) + F.l1_loss(model.g_ba(real_a), real_a)
     loss_g = adv + cycle + cfg.lambda_identity * cfg.lambda_cycle * identity
     opt_g.zero_grad(set_to_none=True)
