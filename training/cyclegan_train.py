@@ -341,29 +341,37 @@ def _step(
     real_b: torch.Tensor,
     cfg: CycleTrainConfig,
 ) -> dict[str, float]:
-    """One generator step (both G) and one discriminator step (both D)."""
+    """One generator step (both G) and one discriminator step (both D).
+
+    Each network runs once per phase on the images it sees concatenated (G_AB: A and, for
+    the identity loss, B; G_BA: B, A, and the A cycle's A->B): instance norm keeps
+    per-image statistics, so the losses are those of separate calls, in fewer, larger
+    convolutions (docs/TRAINING.md, "Longer training")."""
+    n = len(real_a)
     for p in (*model.d_a.parameters(), *model.d_b.parameters()):
         p.requires_grad_(False)
-    fake_b = model.g_ab(real_a)
-    fake_a = model.g_ba(real_b)
+    fake_b, same_b = model.g_ab(torch.cat([real_a, real_b])).split(n)
+    shown_b = recolour(fake_b) if cfg.augment_cycle_a else fake_b
+    fake_a, same_a, back_a = model.g_ba(torch.cat([real_b, real_a, shown_b])).split(n)
     adv = _lsgan(model.d_b(fake_b), True) + _lsgan(model.d_a(fake_a), True)
-    cycle_a = F.l1_loss(model.g_ba(recolour(fake_b) if cfg.augment_cycle_a else fake_b), real_a)
+    cycle_a = F.l1_loss(back_a, real_a)
     # Weighted 0, the B cycle is logged, not trained: its graph would cost a backward pass.
     with torch.set_grad_enabled(cfg.cycle_weight_b > 0):
         cycle_b = F.l1_loss(model.g_ab(fake_a), real_b)
     cycle = cfg.lambda_cycle * cycle_a
     if cfg.cycle_weight_b > 0:
         cycle = cycle + cfg.cycle_weight_b * cycle_b
-    identity = F.l1_loss(model.g_ab(real_b), real_b) + F.l1_loss(model.g_ba(real_a), real_a)
+    identity = F.l1_loss(same_b, real_b) + F.l1_loss(same_a, real_a)
     loss_g = adv + cycle + cfg.lambda_identity * cfg.lambda_cycle * identity
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
     for p in (*model.d_a.parameters(), *model.d_b.parameters()):
         p.requires_grad_(True)
-    pooled_a, pooled_b = pool_a.query(fake_a), pool_b.query(fake_b)
-    loss_d_a = 0.5 * (_lsgan(model.d_a(real_a), True) + _lsgan(model.d_a(pooled_a), False))
-    loss_d_b = 0.5 * (_lsgan(model.d_b(real_b), True) + _lsgan(model.d_b(pooled_b), False))
+    real_scores_a, fake_scores_a = model.d_a(torch.cat([real_a, pool_a.query(fake_a)])).split(n)
+    real_scores_b, fake_scores_b = model.d_b(torch.cat([real_b, pool_b.query(fake_b)])).split(n)
+    loss_d_a = 0.5 * (_lsgan(real_scores_a, True) + _lsgan(fake_scores_a, False))
+    loss_d_b = 0.5 * (_lsgan(real_scores_b, True) + _lsgan(fake_scores_b, False))
     opt_d.zero_grad(set_to_none=True)
     (loss_d_a + loss_d_b).backward()
     opt_d.step()

@@ -279,6 +279,22 @@ def test_a_b_cycle_weighted_zero_is_skipped_without_changing_the_step() -> None:
     assert all(torch.equal(x, y) for x, y in zip(skipped, trained, strict=True))
 
 
+def test_each_network_treats_every_image_alone_so_one_call_serves_several_losses() -> None:
+    """The step runs each network once on concatenated images (the fake, identity and cycle
+    inputs together): in training mode every image's output must be what it gets alone, which
+    instance norm gives and batch norm would not."""
+    from training.families.cyclegan import CycleGAN, CycleGANConfig
+
+    torch.manual_seed(0)
+    cfg = CycleGANConfig(image_size=16, channels=3, ngf=4, ndf=4, n_blocks=1, d_downsample=2)
+    model = CycleGAN(cfg).train()
+    images = torch.rand(6, 3, 16, 16) * 2 - 1
+    for net in (model.g_ab, model.g_ba, model.d_a, model.d_b):
+        together = net(images)
+        alone = torch.cat([net(images[i : i + 1]) for i in range(len(images))])
+        torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
 def test_an_empty_pool_hands_the_discriminators_detached_images() -> None:
     import random
 
