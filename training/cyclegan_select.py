@@ -20,7 +20,7 @@ from training.classifier import DigitClassifier, predict
 from training.data import DatasetError, ImageData, stratified_split
 from training.domains import DomainPair
 from training.families.cyclegan import CycleGAN
-from training.translation_eval import real_image_classifier, to_pixels, to_tensor
+from training.translation_eval import digit_classifiers, to_pixels, to_tensor
 
 BEST_CHECKPOINT = "best.pt"
 VALIDATION_SEED = 31  # the split of each domain's training images (B uses the next seed)
@@ -72,8 +72,7 @@ def carve_validation(pair: DomainPair, per_class: int) -> tuple[DomainPair, Vali
     train_a, val_a = _set_aside(pair.train_a, per_class, VALIDATION_SEED)
     train_b, val_b = _set_aside(pair.train_b, per_class, VALIDATION_SEED + 1)
     classes = len(pair.heldout_a.class_names)
-    digits_a = real_image_classifier(train_a, train_a.labels, classes, seed=1)
-    digits_b = real_image_classifier(train_b, train_b.labels, classes, seed=2)
+    digits_a, digits_b = digit_classifiers(train_a, train_b, classes)
     return (
         replace(pair, train_a=train_a, train_b=train_b),
         ValidationSet(val_a, val_b, digits_a, digits_b),
