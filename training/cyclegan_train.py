@@ -346,7 +346,7 @@ def _step(
     Each network runs once per phase on the images it sees concatenated (G_AB: A and, for
     the identity loss, B; G_BA: B, A, and the A cycle's A->B): instance norm keeps
     per-image statistics, so the losses are those of separate calls, in fewer, larger
-    convolutions (docs/TRAINING.md, "Longer training")."""
+    convolutions (docs/TRAINING.md, "6,000 steps, each network called once per phase")."""
     n = len(real_a)
     for p in (*model.d_a.parameters(), *model.d_b.parameters()):
         p.requires_grad_(False)

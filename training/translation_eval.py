@@ -48,8 +48,9 @@ DIGIT_KEPT_TARGET = 0.90
 NOISE_SIGMA = 2.0  # intensity levels
 JPEG_QUALITY = 90
 # The digit judges train until their accuracy on a split of their own training images stops
-# rising (about 20 epochs on both embedded pairs; at 5, B's judge of the MNIST-M pair misread
-# 8.6% of real blended digits, nearly the whole 10% the target allows). docs/EVALUATION.md.
+# rising (about 20 epochs on the MNIST-M pair; the fonts pair's are level from 5). At 5, B's
+# judge of the MNIST-M pair misread 8.6% of real blended digits, nearly the whole 10% the
+# target allows. docs/EVALUATION.md, "Why the digit classifiers train 20 epochs".
 DIGIT_CLASSIFIER_EPOCHS = 20
 DOMAIN_CLASSIFIER_EPOCHS = 5  # two classes: reads real held-out images 99-100% right at 5
 CACHE_DIR = DEFAULT_CACHE_DIR.parent / "translation-classifiers"
@@ -264,7 +265,8 @@ def render_report(m: Manifest, r: dict[str, Any]) -> str:
             f"{r['digit_kept_untranslated_ab']:.1%} | {r['digit_kept_untranslated_ba']:.1%} |",
             f"| digit kept after the cycle | {r['digit_kept_aba']:.1%} "
             f"| {r['digit_kept_bab']:.1%} |",
-            f"| digit classifier, real held-out (ceiling) | B: {ceiling_b:.1%} "
+            f"| digit classifier ({r['digit_classifier_epochs']} epochs), real held-out "
+            f"(ceiling) | B: {ceiling_b:.1%} "
             f"| A: {ceiling_a:.1%} |",
         ]
     lines.append(
