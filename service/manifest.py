@@ -23,6 +23,15 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "generator.onnx"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` can be a model name (the manifest's pattern); the service checks it
+    before any filesystem access, so no other string (``..``, a 300-character name) reaches
+    it, and ``gan-train`` before a run starts."""
+    return _NAME.fullmatch(name) is not None
+
 
 # Input/output names of every exported generator.
 LATENT_INPUT = "z"

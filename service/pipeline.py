@@ -40,8 +40,8 @@ from .latents import (
     seeds_for,
     truncate,
 )
-from .manifest import DIRECTIONS, Manifest
-from .registry import LoadedModel, ReloadRefused, valid_name
+from .manifest import DIRECTIONS, Manifest, valid_name
+from .registry import LoadedModel, ReloadRefused
 from .schemas import (
     GenerateRequest,
     InterpolateRequest,

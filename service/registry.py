@@ -13,7 +13,6 @@ import asyncio
 import collections
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .batcher import LatentBatcher
-from .manifest import NAME_PATTERN, ArtifactMismatch, Manifest, version_dirs
+from .manifest import ArtifactMismatch, Manifest, valid_name, version_dirs
 from .metrics import ServiceMetrics
 from .runtime import GeneratorRuntime, RuntimeOptions
 from .settings import Settings
@@ -44,14 +43,7 @@ class ReloadRefused(RuntimeError):
         self.retry_after = retry_after
 
 
-_NAME = re.compile(NAME_PATTERN)
 UNKNOWN_MODEL = "unknown"  # the metric label of every name that is not a served model
-
-
-def valid_name(name: str) -> bool:
-    """Whether ``name`` can be a model name (the manifest's pattern); checked before any
-    filesystem access, so no other string (``..``, a 300-character name) reaches it."""
-    return _NAME.fullmatch(name) is not None
 
 
 @dataclass

@@ -87,11 +87,9 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, object |
 def model_name(text: str) -> str:
     """argparse type of every ``--name``: the store's model name rule, checked before a run
     starts rather than when its export writes the manifest."""
-    import re
+    from service.manifest import valid_name
 
-    from service.manifest import NAME_PATTERN
-
-    if not re.fullmatch(NAME_PATTERN, text):
+    if not valid_name(text):
         raise argparse.ArgumentTypeError(
             f"invalid model name {text!r}: use 1-63 lower-case letters, digits, '.', '_' or "
             "'-', starting with a letter or digit"

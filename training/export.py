@@ -31,7 +31,6 @@ from service.manifest import (
     IMAGE_OUTPUT,
     LABEL_INPUT,
     LATENT_INPUT,
-    NAME_PATTERN,
     ONNX_FILE,
     ArtifactSpec,
     Manifest,
@@ -42,6 +41,7 @@ from service.manifest import (
     next_version,
     sha256_file,
     utc_now,
+    valid_name,
     version_dirs,
 )
 from training.cli import model_name
@@ -369,7 +369,7 @@ def model_name_from_run(ckpt_path: str | Path) -> str:
     """A model name from the run folder's name: lower case, other characters become '-'."""
     raw = run_dir_of(ckpt_path).resolve().name.lower()
     name = re.sub(r"[^a-z0-9._-]+", "-", raw).strip("-._")
-    if not name or not re.fullmatch(NAME_PATTERN, name):
+    if not valid_name(name):
         raise ValueError(f"cannot make a model name from {raw!r}; pass --name")
     return name
 
